@@ -1,0 +1,97 @@
+"""`python -m VentricleSynthLib …`: the command-line contract of design.md.
+
+User errors (`VentricleSynthError`) print one `error: …` line on stderr and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .errors import VentricleSynthError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one `error:` line (exit 2), like every other user error."""
+
+    def error(self, message):  # noqa: D401 - argparse hook
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _cmd_info(args) -> int:
+    import monai
+    import nibabel
+    import numpy
+    import torch
+
+    info = {
+        "ventriclesynth": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "nibabel": nibabel.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.cuda.is_available(),
+        "models": [],
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _cmd_check(args) -> int:
+    """Validate an image (and optionally its label map) and print its geometry and volumes."""
+    from .labels import CEREBRA, LabelMapping
+    from .nifti import check_same_grid, load_image, load_label_map
+    from .volumes import volume_report
+
+    image = load_image(args.image)
+    result = {
+        "image": str(args.image),
+        "shape": list(image.shape),
+        "spacing_mm": [round(float(s), 4) for s in image.spacing],
+        "orientation": image.axcodes,
+        "intensity_range": [float(image.array.min()), float(image.array.max())],
+    }
+    if args.label:
+        mapping = None
+        if args.mapping == "cerebra":
+            mapping = CEREBRA
+        elif args.mapping not in (None, "freesurfer"):
+            mapping = LabelMapping.from_csv(args.mapping)
+        label = load_label_map(args.label, mapping=mapping)
+        check_same_grid(image, label)
+        result.update(volume_report(label.array, label.affine))
+    print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m VentricleSynthLib", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ventriclesynth {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("info", help="bundled models, versions, verified checksums")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("check", help="validate an image (and label map); print geometry and volumes as JSON")
+    p.add_argument("image")
+    p.add_argument("--label", help="label map on the same grid (FreeSurfer/SynthSeg numbers by default)")
+    p.add_argument("--mapping", default=None,
+                   help="label convention of --label: freesurfer (default), cerebra, or a CSV with source,target")
+    p.set_defaults(func=_cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except VentricleSynthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
