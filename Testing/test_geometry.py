@@ -1,0 +1,380 @@
+"""Geometry: grids, resampling, canonical orientation, and the profile round trip (acceptance test).
+
+The acceptance test puts a labelled object on an LPS, oblique (20 degrees), anisotropic
+(0.9 x 1.2 x 3 mm) grid, sends image + label map to a 2 mm RAS profile grid with
+`preprocess.to_profile`, brings the label map back with `preprocess.to_input_grid`, and requires
+every blob to come back within one voxel of where it was.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from VentricleSynthLib.errors import GeometryMismatchError
+from VentricleSynthLib.geometry import (
+    Grid, brain_mask_from_image, percentile_normalise, profile_grid, ras_grid, resample, resample_volume,
+    to_canonical, world_bbox,
+)
+from VentricleSynthLib.nifti import Volume
+from VentricleSynthLib.preprocess import Preprocessed, Profile, to_input_grid, to_profile
+from VentricleSynthLib.volumes import ventricle_volume_ml
+
+SRC_SHAPE = (60, 48, 18)
+SRC_SPACING = (0.9, 1.2, 3.0)
+CENTRE = np.array([10.0, -15.0, 20.0])
+# label -> (world centre offset from CENTRE in mm, radius mm); 2 is the large "brain" blob
+BLOBS = {
+    2: ((0.0, 0.0, 0.0), 22.0),
+    4: ((-9.0, 3.0, 2.0), 5.0),  # left lateral ventricle: x < centre (RAS: left is -x)
+    43: ((9.0, 3.0, 2.0), 5.0),  # right lateral ventricle
+    14: ((0.0, -8.0, -6.0), 5.0),
+    15: ((0.0, -12.0, 10.0), 5.0),
+}
+PROFILE = Profile("test", (2.0, 2.0, 2.0), (40, 40, 40))
+
+
+def voxel_world(shape, affine) -> np.ndarray:
+    """(3, *shape) world coordinates (mm) of every voxel centre."""
+    ijk = np.indices(shape).reshape(3, -1).astype(float)
+    return (affine[:3, :3] @ ijk + affine[:3, 3:4]).reshape((3,) + tuple(shape))
+
+
+def world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    idx = np.argwhere(mask).astype(float)
+    assert len(idx), "empty mask"
+    return affine[:3, :3] @ idx.mean(axis=0) + affine[:3, 3]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def synthetic_head(affine: np.ndarray, shape=SRC_SHAPE):
+    """(image Volume, label Volume) with the BLOBS drawn in world space on the given grid."""
+    world = voxel_world(shape, affine)
+    label = np.zeros(shape, np.int16)
+    for lab, (offset, radius) in BLOBS.items():
+        centre = CENTRE + np.asarray(offset)
+        label[((world - centre[:, None, None, None]) ** 2).sum(axis=0) < radius**2] = lab
+    rng = np.random.default_rng(1)
+    image = np.where(label > 0, 100.0, 10.0) - 60.0 * np.isin(label, (4, 43, 14, 15))
+    image = (image + rng.normal(0, 3, shape)).astype(np.float32)
+    return Volume(image, affine), Volume(label, affine)
+
+
+GEOMETRIES = {
+    "LPS-oblique-x": dict(rotation_deg=20.0, axis="x", lps=True),
+    "LPS-oblique-y": dict(rotation_deg=-20.0, axis="y", lps=True),
+    "LPS-oblique-z": dict(rotation_deg=20.0, axis="z", lps=True),
+    "RAS-oblique-z": dict(rotation_deg=25.0, axis="z", lps=False),
+}
+
+
+@pytest.fixture(params=list(GEOMETRIES), ids=list(GEOMETRIES))
+def oblique_head(request, make_affine):
+    affine = make_affine(SRC_SPACING, shape=SRC_SHAPE, centre=CENTRE, **GEOMETRIES[request.param])
+    image, label = synthetic_head(affine)
+    # the input really is what the test claims
+    np.testing.assert_allclose(image.spacing, SRC_SPACING)
+    assert np.count_nonzero(np.abs(affine[:3, :3]) > 1e-6) > 3  # oblique
+    assert image.axcodes == ("LPS" if GEOMETRIES[request.param]["lps"] else "RAS")
+    for lab in BLOBS:
+        assert (label.array == lab).sum() > 100
+    return image, label
+
+
+def _max_source_voxel_displacement(d_world: np.ndarray, affine: np.ndarray) -> float:
+    """A world displacement expressed in source voxels (largest component along the source axes)."""
+    return float(np.abs(np.linalg.solve(affine[:3, :3], d_world)).max())
+
+
+# --- acceptance: input grid -> profile grid -> input grid --------------------------------------------
+
+def test_profile_round_trip_keeps_blobs_within_one_voxel(oblique_head):
+    image, label = oblique_head
+    pre = to_profile(PROFILE, image=image, label=label)
+    assert isinstance(pre, Preprocessed)
+
+    # the profile grid: RAS, axis-aligned, profile spacing and shape, arrays on it
+    assert pre.label.shape == PROFILE.shape and pre.image.shape == PROFILE.shape
+    np.testing.assert_allclose(pre.grid.affine[:3, :3], np.diag(PROFILE.spacing))
+    assert pre.source.shape == SRC_SHAPE
+    np.testing.assert_allclose(pre.source.affine, label.affine)
+    assert set(np.unique(pre.label).tolist()) == {0, *BLOBS}
+    assert pre.image.dtype == np.float32 and pre.image.min() >= 0 and pre.image.max() <= 1
+
+    # on the profile grid each blob sits where it was in the world (within one profile voxel)
+    for lab in BLOBS:
+        c_src = world_centroid(label.array == lab, label.affine)
+        c_prof = world_centroid(pre.label == lab, pre.grid.affine)
+        assert np.linalg.norm(c_prof - c_src) <= min(PROFILE.spacing), (lab, c_src, c_prof)
+    # left stays left in RAS: the right lateral ventricle has the larger i index
+    i_left = np.argwhere(pre.label == 4)[:, 0].mean()
+    i_right = np.argwhere(pre.label == 43)[:, 0].mean()
+    assert i_right > i_left + 5
+    # the image went along: ventricles dark, brain bright, background dark on the profile grid
+    assert pre.image[pre.label == 2].mean() > 0.8
+    assert pre.image[np.isin(pre.label, (4, 43))].mean() < 0.55
+    assert pre.image[pre.label == 0].mean() < 0.2
+    # the object's volume is kept (large blob to within 5 %)
+    v_src = (label.array > 0).sum() * np.prod(SRC_SPACING)
+    v_prof = (pre.label > 0).sum() * np.prod(PROFILE.spacing)
+    assert v_prof == pytest.approx(v_src, rel=0.05)
+
+    # back onto the input's own grid
+    back = to_input_grid(pre.label, pre.grid, pre.source)
+    assert back.shape == label.shape
+    assert back.dtype.kind in "iu"
+    assert set(np.unique(back).tolist()) <= {0, *BLOBS}
+    for lab in BLOBS:
+        c_src = world_centroid(label.array == lab, label.affine)
+        c_back = world_centroid(back == lab, label.affine)
+        d = c_back - c_src
+        # <= 1 voxel: along every source axis, and in mm against the finest source spacing
+        assert _max_source_voxel_displacement(d, label.affine) <= 1.0, (lab, d)
+        assert np.linalg.norm(d) <= min(SRC_SPACING), (lab, d)
+        assert dice(back == lab, label.array == lab) > 0.75, lab
+    assert dice(back == 2, label.array == 2) > 0.93
+    assert dice(back > 0, label.array > 0) > 0.95
+    # and the ventricle volume reported on the input grid is close to the original
+    v0 = ventricle_volume_ml(label.array, label.affine)
+    assert ventricle_volume_ml(back, label.affine) == pytest.approx(v0, rel=0.15)
+
+
+def test_image_only_round_trip_segments_back_onto_input(oblique_head):
+    """The segmenter's path: image only -> profile grid -> (a 'segmentation' there) -> input grid."""
+    image, label = oblique_head
+    pre = to_profile(PROFILE, image=image)
+    assert pre.label is None
+    seg = (pre.image > 0.5).astype(np.int16) * 2  # bright = brain tissue (ventricles are dark)
+    back = to_input_grid(seg, pre.grid, pre.source)
+    assert back.shape == SRC_SHAPE
+    truth = label.array == 2
+    assert dice(back == 2, truth) > 0.9
+    d = world_centroid(back == 2, image.affine) - world_centroid(truth, image.affine)
+    assert _max_source_voxel_displacement(d, image.affine) <= 1.0
+
+
+def test_to_profile_refuses_mismatched_grids_and_nothing(make_affine):
+    image, label = synthetic_head(make_affine(SRC_SPACING, shape=SRC_SHAPE, centre=CENTRE))
+    shifted = Volume(label.array, label.affine + np.array([[0, 0, 0, 5.0]] * 3 + [[0, 0, 0, 0]]))
+    with pytest.raises(GeometryMismatchError):
+        to_profile(PROFILE, image=image, label=shifted)
+    with pytest.raises(ValueError):
+        to_profile(PROFILE)
+
+
+def test_profile_from_dict():
+    p = Profile.from_dict("cpu", {"spacing": 2, "shape": [80, 96, 80]})
+    assert p.spacing == (2.0, 2.0, 2.0) and p.shape == (80, 96, 80) and p.percentiles == (0.5, 99.5)
+    p = Profile.from_dict("paper", {"spacing": [1.667, 1.75, 1.667], "shape": [96, 128, 96],
+                                    "percentiles": [1, 99]})
+    assert p.spacing == (1.667, 1.75, 1.667) and p.percentiles == (1.0, 99.0)
+
+
+# --- resample -----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def ramp():
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 50, size=(8, 9, 10)).astype(np.int16)
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_resample_identity_returns_same_array(ramp, make_affine, order):
+    affine = make_affine((0.9, 1.2, 3.0), rotation_deg=20, axis="x", lps=True)
+    arr = ramp if order == 0 else ramp.astype(np.float32) * 0.5
+    out = resample(arr, affine, Grid(arr.shape, affine.copy()), order=order)
+    np.testing.assert_array_equal(out, arr)
+    assert out is not arr
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_resample_integer_shift(ramp, order):
+    src = np.eye(4)
+    target_affine = np.eye(4)
+    target_affine[:3, 3] = [2.0, 0.0, -1.0]  # target voxel (i,j,k) is source voxel (i+2, j, k-1)
+    out = resample(ramp.astype(np.float32), src, Grid(ramp.shape, target_affine), order=order, cval=-7)
+    np.testing.assert_allclose(out[:-2, :, 1:], ramp[2:, :, :-1], atol=1e-4)
+    assert np.all(out[-2:] == -7) and np.all(out[:, :, 0] == -7)
+
+
+def test_resample_flipped_grid_over_same_world(ramp):
+    n = np.asarray(ramp.shape)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    lps[:3, 3] = [n[0] - 1, n[1] - 1, 0]  # covers the same voxel centres as the identity grid
+    out = resample(ramp, np.eye(4), Grid(ramp.shape, lps), order=0)
+    np.testing.assert_array_equal(out, ramp[::-1, ::-1, :])
+    assert out.dtype == ramp.dtype
+
+
+def test_resample_downsample_nearest_picks_voxel_centres(ramp):
+    src = np.diag([1.0, 1.0, 1.0, 1.0])
+    target = Grid((4, 4, 5), np.diag([2.0, 2.0, 2.0, 1.0]))
+    out = resample(ramp, src, target, order=0)
+    np.testing.assert_array_equal(out, ramp[::2, ::2, ::2][:4, :4, :5])
+
+
+def test_resample_labels_are_never_interpolated(ramp, make_affine):
+    target = Grid((12, 12, 12), make_affine((0.7, 0.7, 0.7), rotation_deg=33, axis="y", shape=(12, 12, 12),
+                                             centre=(3.5, 4, 4.5)))
+    out = resample(ramp, np.eye(4), target, order=0)
+    assert out.dtype == np.int16
+    assert set(np.unique(out).tolist()) <= set(np.unique(ramp).tolist()) | {0}
+    assert len(np.unique(out)) > 10
+
+
+def test_resample_displacement_field(ramp, make_affine):
+    src = np.eye(4)
+    target = Grid(ramp.shape, np.eye(4))
+    disp = np.zeros((3,) + ramp.shape, np.float32)
+    disp[1] = 1.0  # pull every target voxel from 1 mm further along +y
+    out = resample(ramp, src, target, order=0, displacement=disp)
+    np.testing.assert_array_equal(out[:, :-1], ramp[:, 1:])
+    assert np.all(out[:, -1] == 0)
+    # a zero field equals the plain affine path, also on an oblique target
+    oblique = Grid((10, 10, 10), make_affine((0.8, 1, 1.1), rotation_deg=15, axis="z", shape=(10, 10, 10),
+                                             centre=(3.5, 4, 4.5)))
+    img = ramp.astype(np.float32)
+    np.testing.assert_allclose(resample(img, src, oblique, displacement=np.zeros((3, 10, 10, 10))),
+                               resample(img, src, oblique), atol=1e-3)
+
+
+def test_resample_volume_carries_target_affine(ramp):
+    target = ras_grid(2.0, (4, 4, 5), (3.0, 4.0, 4.0))
+    vol = resample_volume(Volume(ramp, np.eye(4)), target, order=0)
+    np.testing.assert_array_equal(vol.affine, target.affine)
+    assert vol.shape == (4, 4, 5)
+    np.testing.assert_array_equal(vol.array, ramp[0:8:2, 1:9:2, 0:10:2])
+
+
+# --- grids, orientation, boxes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spacing, shape, centre", [
+    (2.0, (40, 48, 40), (0.0, 0.0, 0.0)),
+    ((1.667, 1.75, 1.667), (96, 128, 96), (12.5, -30.0, 7.25)),
+    ((4.0, 4.0, 4.0), (5, 6, 7), (-1.0, 2.0, 3.0)),
+])
+def test_ras_grid_centre_and_spacing(spacing, shape, centre):
+    g = ras_grid(spacing, shape, centre)
+    assert g.shape == shape
+    np.testing.assert_allclose(g.centre_world(), centre, atol=1e-9)
+    np.testing.assert_allclose(g.spacing, np.broadcast_to(spacing, (3,)))
+    np.testing.assert_allclose(g.affine[:3, :3], np.diag(np.broadcast_to(spacing, (3,))))
+    assert "".join(Volume(np.zeros(shape), g.affine).axcodes) == "RAS"
+    # the first voxel is half the extent below the centre
+    np.testing.assert_allclose(g.affine[:3, 3], np.asarray(centre) - np.asarray(g.spacing) * (np.asarray(shape) - 1) / 2)
+
+
+@pytest.mark.parametrize("affine3, codes", [
+    (np.diag([-1.0, -1.0, 1.0]), "LPS"),
+    (np.diag([0.9, -1.2, -3.0]), "RPI"),
+    (np.array([[0, 0, -1.0], [2.0, 0, 0], [0, -1.5, 0]]), "AIL"),
+])
+def test_to_canonical_gives_ras_and_keeps_world_positions(affine3, codes):
+    affine = np.eye(4)
+    affine[:3, :3] = affine3
+    affine[:3, 3] = [5.0, -7.0, 11.0]
+    arr = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    vol = Volume(arr, affine)
+    assert vol.axcodes == codes
+    can = to_canonical(vol)
+    assert can.axcodes == "RAS"
+    assert sorted(can.shape) == sorted(arr.shape)
+    assert np.all(np.diag(can.affine)[:3] > 0)
+    # every voxel keeps its value at its world position
+    ijk = np.indices(arr.shape).reshape(3, -1)
+    world = affine[:3, :3] @ ijk + affine[:3, 3:4]
+    can_ijk = np.rint(np.linalg.solve(can.affine[:3, :3], world - can.affine[:3, 3:4])).astype(int)
+    np.testing.assert_array_equal(can.array[tuple(can_ijk)], arr[tuple(ijk)])
+
+
+def test_to_canonical_oblique_gives_ras(make_affine):
+    affine = make_affine((0.9, 1.2, 3.0), rotation_deg=20, axis="x", lps=True)
+    can = to_canonical(Volume(np.random.default_rng(0).random((5, 6, 7)), affine))
+    assert can.axcodes == "RAS"
+    np.testing.assert_allclose(sorted(can.spacing), sorted([0.9, 1.2, 3.0]))
+
+
+def test_world_bbox_single_voxel_and_block():
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    affine[:3, 3] = [10, 20, 30]
+    mask = np.zeros((6, 6, 6), bool)
+    mask[2, 3, 4] = True
+    lo, hi = world_bbox(mask, affine)
+    np.testing.assert_allclose(lo, [14, 29, 46])
+    np.testing.assert_allclose(hi, [14, 29, 46])
+    mask[1:4, 0:2, 5] = True
+    lps = np.diag([-2.0, -3.0, 4.0, 1.0])
+    lo, hi = world_bbox(mask, lps)
+    np.testing.assert_allclose(lo, [-6, -9, 16])
+    np.testing.assert_allclose(hi, [-2, 0, 20])
+    with pytest.raises(ValueError):
+        world_bbox(np.zeros((3, 3, 3), bool), affine)
+
+
+def test_world_bbox_oblique_contains_all_voxels(make_affine):
+    affine = make_affine((1.0, 2.0, 0.5), rotation_deg=30, axis="z", lps=True, centre=(1, 2, 3))
+    mask = np.zeros((10, 10, 10), bool)
+    mask[2:5, 3:8, 1:9] = True
+    lo, hi = world_bbox(mask, affine)
+    world = voxel_world(mask.shape, affine)[:, mask]
+    np.testing.assert_allclose(lo, world.min(axis=1), atol=1e-9)
+    np.testing.assert_allclose(hi, world.max(axis=1), atol=1e-9)
+
+
+def test_profile_grid_centred_on_mask(make_affine):
+    affine = make_affine((0.9, 1.2, 3.0), rotation_deg=20, axis="y", lps=True, centre=(4, 5, 6))
+    mask = np.zeros((30, 30, 12), bool)
+    mask[3:12, 5:20, 2:6] = True
+    vol = Volume(mask.astype(np.float32), affine)
+    g = profile_grid(vol, 2.0, (20, 22, 24), mask=mask)
+    lo, hi = world_bbox(mask, affine)
+    np.testing.assert_allclose(g.centre_world(), (lo + hi) / 2)
+    assert g.shape == (20, 22, 24)
+    # without a mask, the image foreground is used
+    g2 = profile_grid(vol, 2.0, (20, 22, 24))
+    np.testing.assert_allclose(g2.centre_world(), (lo + hi) / 2, atol=1.5)
+
+
+def test_brain_mask_from_image_largest_component_filled():
+    shape = (30, 30, 30)
+    r = np.sqrt(((np.indices(shape) - 14.5) ** 2).sum(axis=0))
+    img = np.where(r < 10, 100.0, 0.0)
+    img[r < 3] = 0.0  # a dark hole inside (ventricles)
+    img[1:4, 1:4, 1:4] = 100.0  # a separate bright speck
+    img += np.random.default_rng(0).normal(0, 2, shape)
+    mask = brain_mask_from_image(img)
+    assert dice(mask, r < 10) > 0.95
+    assert mask[r < 3].all()  # hole filled
+    assert not mask[1:4, 1:4, 1:4].any()  # only the largest component
+
+
+def test_percentile_normalise_range_and_order():
+    rng = np.random.default_rng(0)
+    img = rng.normal(300, 50, (20, 20, 20)).astype(np.float32)
+    img[0, 0, 0] = 1e6  # an outlier is clipped, not allowed to squash the rest
+    out = percentile_normalise(img)
+    assert out.dtype == np.float32 and out.shape == img.shape
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert out[0, 0, 0] == 1.0
+    assert 0.4 < np.median(out) < 0.6
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    inside = (img > lo) & (img < hi)
+    np.testing.assert_allclose(out[inside], (img[inside] - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
+    # monotone
+    flat_i, flat_o = img.ravel(), out.ravel()
+    order = np.argsort(flat_i)
+    assert np.all(np.diff(flat_o[order]) >= 0)
+
+
+def test_percentile_normalise_with_mask_and_constant():
+    img = np.zeros((10, 10, 10), np.float32)
+    img[2:8, 2:8, 2:8] = np.linspace(10, 20, 216).reshape(6, 6, 6)
+    mask = img > 0
+    out = percentile_normalise(img, 0, 100, mask=mask)
+    np.testing.assert_allclose(out[mask], (img[mask] - 10) / 10, atol=1e-6)
+    assert np.all(out[~mask] == 0)
+    flat = percentile_normalise(np.full((4, 4, 4), 3.0))
+    assert np.all(np.isfinite(flat)) and flat.min() >= 0 and flat.max() <= 1
