@@ -20,8 +20,11 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PIP) install -c $(CONSTRAINTS) -e ".[test,eval]"
 	touch $@
 
+# Until the bundled generators land, the demo builds and previews the offline template cohort.
 demo: venv
-	$(PY) -m VentricleSynthLib demo --out $(DEMO_OUT)
+	$(PY) training/train.py data --config tiny --work $(DEMO_OUT)
+	@echo "demo: cohort montages: $(DEMO_OUT)/data/natural/montage.png $(DEMO_OUT)/data/enlarged/montage.png"
+	@echo "demo: per-case volumes: $(DEMO_OUT)/data/natural/cases.csv $(DEMO_OUT)/data/enlarged/cases.csv"
 
 test: venv
 	$(PY) -m pytest -q -ra Testing
