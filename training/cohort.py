@@ -20,7 +20,7 @@ from VentricleSynthLib.volumes import tiv_ml, ventricle_volume_ml, voxel_volume_
 from .templates import Template
 from .warps import integrate_velocity, mask_attraction_field, random_affine, random_velocity, sample_field
 
-DISTRIBUTIONS = ("natural", "enlarged")
+DISTRIBUTIONS = ("natural", "enlarged", "uniform")
 
 
 @dataclass
@@ -40,7 +40,8 @@ class CohortSettings:
 
 def sample_targets(distribution: str, count: int, rng: np.random.Generator,
                    low_ml: float | None = None, high_ml: float | None = None) -> np.ndarray:
-    """Ventricle volumes (mL). natural: most 10-40 mL with a tail to ~120 mL; enlarged: uniform."""
+    """Ventricle volumes (mL). natural: most 10-40 mL with a tail to ~120 mL; enlarged (the hold-out)
+    and uniform (even coverage for the generators): uniform between the bounds."""
     if distribution == "natural":
         normal = np.exp(rng.normal(np.log(24.0), 0.35, count))
         tail = rng.uniform(40.0, 120.0, count)
@@ -48,6 +49,8 @@ def sample_targets(distribution: str, count: int, rng: np.random.Generator,
         return np.clip(values, low_ml or 8.0, high_ml or 130.0)
     if distribution == "enlarged":
         return rng.uniform(low_ml or 60.0, high_ml or 150.0, count)
+    if distribution == "uniform":
+        return rng.uniform(low_ml or 8.0, high_ml or 150.0, count)
     raise ValueError(f"unknown distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
 
 

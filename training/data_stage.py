@@ -23,7 +23,7 @@ from .montage import write_montage
 from .templates import load_template
 
 CASE_FIELDS = ["case", "target_ml", "ventricle_ml", "tiv_ml", "split", "skull", "strength_mm", "seed"]
-DISTRIBUTION_IDS = {"natural": 0, "enlarged": 1}
+DISTRIBUTION_IDS = {"natural": 0, "enlarged": 1, "uniform": 2}
 
 _COHORT: TemplateCohort | None = None
 
@@ -67,8 +67,10 @@ def build_distribution(config: dict, distribution: str, out_root: Path, progress
     if distribution == "natural":
         n_val = int(round(count * float(spec.get("val_fraction", 0.1))))
         splits = ["val" if i in set(rng.permutation(count)[:n_val].tolist()) else "train" for i in range(count)]
-    else:
+    elif distribution == "enlarged":
         splits = ["holdout"] * count
+    else:
+        splits = ["train"] * count
     root = out_root / distribution
     jobs = [(root, f"{distribution}_{i:04d}", float(targets[i]), (seed, dist_id, i), splits[i]) for i in range(count)]
     settings = {"skull_fraction": float(data.get("skull_fraction", 0.5))}
@@ -112,8 +114,12 @@ def _montage(root: Path, records: list[dict], distribution: str, columns: int = 
     write_montage(cases, root / "montage.png", title=f"template cohort: {distribution}")
 
 
-def run(config: dict, work: Path, distributions=("natural", "enlarged"), progress=print) -> dict:
+def run(config: dict, work: Path, distributions=None, progress=print) -> dict:
+    """Build every distribution the config asks for (or just `distributions`)."""
     out_root = work / "data"
+    if not distributions:
+        data = config.get("data", {})
+        distributions = [d for d in DISTRIBUTION_IDS if int(data.get(d, {}).get("count", 0)) > 0]
     return {d: build_distribution(config, d, out_root, progress) for d in distributions}
 
 

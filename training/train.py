@@ -1,6 +1,8 @@
 """`python training/train.py STAGE --config {paper,cpu,tiny} --work DIR`: training and evaluation stages.
 
-Stages so far: `data` (template cohort, or `--source DIR` to import the user's own labelled data).
+Stages: `data` (template cohort, or `--source DIR` to import the user's own labelled data);
+`mask-ae`, `mask-ldm`, `image-ae`, `image-ldm` (the two latent diffusion models; the LDM stages
+export model bundles to WORK/bundles/).
 User errors print one `error: …` line and exit non-zero.
 """
 
@@ -44,7 +46,21 @@ def _stage_data(args, config) -> int:
     return 0
 
 
-STAGES = {"data": _stage_data}
+def _generator_stage(name):
+    def stage(args, config) -> int:
+        from training import generator_stages
+
+        fn = {"mask-ae": generator_stages.train_mask_autoencoder, "mask-ldm": generator_stages.train_mask_ldm,
+              "image-ae": generator_stages.train_image_autoencoder,
+              "image-ldm": generator_stages.train_image_ldm}[name]
+        summary = fn(config, args.work, resume=args.resume)
+        print(f"{name}: {summary}")
+        return 0
+
+    return stage
+
+
+STAGES = {"data": _stage_data, **{n: _generator_stage(n) for n in ("mask-ae", "mask-ldm", "image-ae", "image-ldm")}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("stage", choices=sorted(STAGES))
     parser.add_argument("--config", default="tiny", help="paper, cpu, tiny, or a YAML file")
     parser.add_argument("--work", type=Path, required=True, help="working folder for data, checkpoints, reports")
+    parser.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint")
     data = parser.add_argument_group("data stage")
-    data.add_argument("--distributions", nargs="+", default=["natural", "enlarged"],
-                      choices=["natural", "enlarged"], help="template cohort distributions to build")
+    data.add_argument("--distributions", nargs="+", choices=["natural", "enlarged", "uniform"],
+                      help="template cohort distributions to build (default: every one the config sets)")
     data.add_argument("--source", type=Path, help="import your own data instead: an nnU-Net raw dataset or a folder")
     data.add_argument("--images", help="image pattern under --source with one {case}, e.g. '{case}/mri/T1.nii.gz'")
     data.add_argument("--labels", help="label pattern under --source with one {case}, e.g. '{case}/mri/aseg.nii.gz'")

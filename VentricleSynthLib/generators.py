@@ -1,0 +1,192 @@
+"""Sampling from the two bundled latent diffusion models: label maps with a requested ventricle
+volume (classifier-free guidance), and label map -> T1-like image (SPADE).
+
+The volume is asked in mL and normalised with the statistics stored in the mask bundle.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import bundle as bundles
+from .errors import VentricleSynthError
+from .labels import from_indices, one_hot, to_indices
+from .networks import condition, ddim, image_autoencoder, image_unet, mask_autoencoder, mask_unet
+from .volumes import tiv_ml, ventricle_volume_ml
+
+Progress = Callable[[str, int, int], None]
+
+
+class RequestError(VentricleSynthError):
+    """A sampling request outside what the models can honour (volume, steps, guidance, device)."""
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """auto -> cuda -> mps -> cpu; an explicit device that is absent is a RequestError."""
+    name = (device or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RequestError(f"device {device!r} requested but CUDA is not available (use --device cpu)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RequestError("device 'mps' requested but it is not available (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise RequestError(f"unknown device {device!r}; use auto, cpu, cuda or mps") from None
+
+
+def _check_steps(steps: int, maximum: int) -> None:
+    if not isinstance(steps, int) or steps < 1 or steps > maximum:
+        raise RequestError(f"steps must be an integer in 1..{maximum}, got {steps!r}")
+
+
+class _LatentDiffusion:
+    """What both generators share: the bundle, its config, the latent scale and the DDIM loop."""
+
+    def __init__(self, folder: Path, device: str | None = None):
+        self.folder = Path(folder)
+        bundles.verify(self.folder)
+        self.config = bundles.read_config(self.folder)
+        self.device = resolve_device(device)
+        self.scale_factor = float(self.config["scale_factor"])
+        self.latent_shape = tuple(self.config["latent_shape"])
+        self.scheduler_kwargs = self.config["scheduler"]
+        self.id = bundles.model_id(self.folder)
+
+    def _load(self, module: torch.nn.Module, name: str) -> torch.nn.Module:
+        try:
+            module.load_state_dict(bundles.load_weights(self.folder, name))
+        except RuntimeError as exc:
+            raise bundles.BundleError(f"model bundle {self.folder}: {name} weights do not fit its config ({exc})") from None
+        return module.to(self.device).eval()
+
+    def _denoise(self, denoise_fn, steps: int, generator: torch.Generator, stage: str,
+                 progress: Progress | None) -> torch.Tensor:
+        scheduler = ddim(self.scheduler_kwargs)
+        _check_steps(steps, scheduler.num_train_timesteps)
+        scheduler.set_timesteps(steps, device=self.device)
+        z = torch.randn((1, *self.latent_shape), generator=generator, device="cpu").to(self.device)
+        for i, t in enumerate(scheduler.timesteps, start=1):
+            eps = denoise_fn(z, t.reshape(1).to(self.device))
+            z, _ = scheduler.step(eps, int(t), z)
+            if progress:
+                progress(stage, i, steps)
+        return z / self.scale_factor
+
+
+class MaskGenerator(_LatentDiffusion):
+    """Volume-conditioned label-map LDM with classifier-free guidance."""
+
+    def __init__(self, folder: Path, device: str | None = None):
+        super().__init__(folder, device)
+        arch = self.config["architecture"]
+        self.autoencoder = self._load(mask_autoencoder(arch["autoencoder"]), "autoencoder")
+        self.unet = self._load(mask_unet(arch["unet"], arch["autoencoder"]["latent_channels"]), "unet")
+        norm = self.config["volume_normalisation"]
+        self.v_min, self.v_max = float(norm["min_ml"]), float(norm["max_ml"])
+        self.sampling = self.config.get("sampling", {"guidance": 4.0, "steps": 50})
+
+    @property
+    def trained_range_ml(self) -> tuple[float, float]:
+        return self.v_min, self.v_max
+
+    def normalise(self, volume_ml: float) -> float:
+        return (volume_ml - self.v_min) / (self.v_max - self.v_min)
+
+    def check_request(self, volume_ml: float, guidance: float, steps: int) -> None:
+        if not np.isfinite(volume_ml) or volume_ml <= 0:
+            raise RequestError(f"ventricle volume must be a positive number of mL, got {volume_ml}")
+        span = self.v_max - self.v_min
+        if not (self.v_min - 0.25 * span <= volume_ml <= self.v_max + 0.25 * span):
+            raise RequestError(f"ventricle volume {volume_ml:g} mL is far outside the trained range "
+                               f"{self.v_min:.0f}-{self.v_max:.0f} mL")
+        if not np.isfinite(guidance) or guidance < 0:
+            raise RequestError(f"guidance must be >= 0, got {guidance}")
+        _check_steps(steps, 1000)
+
+    @torch.no_grad()
+    def sample(self, volume_ml: float, guidance: float | None = None, steps: int | None = None, seed: int = 0,
+               progress: Progress | None = None) -> np.ndarray:
+        """One label map (FreeSurfer numbers, int16) on the profile grid."""
+        guidance = float(self.sampling["guidance"] if guidance is None else guidance)
+        steps = int(self.sampling["steps"] if steps is None else steps)
+        self.check_request(volume_ml, guidance, steps)
+        generator = torch.Generator().manual_seed(int(seed))
+        v = torch.tensor([self.normalise(volume_ml)], device=self.device)
+        context = torch.cat([condition(v), condition(v, keep=torch.zeros(1, device=self.device))])
+
+        def denoise(z, t):
+            eps_c, eps_u = self.unet(torch.cat([z, z]), torch.cat([t, t]), context=context).chunk(2)
+            return eps_u + guidance * (eps_c - eps_u)
+
+        z = self._denoise(denoise, steps, generator, "mask", progress)
+        logits = self.autoencoder.decode(z)
+        return from_indices(logits.argmax(dim=1)[0].cpu().numpy())
+
+
+class ImageGenerator(_LatentDiffusion):
+    """SPADE image LDM: a label map in -> a T1-like image in [0, 1] on the same grid."""
+
+    def __init__(self, folder: Path, device: str | None = None):
+        super().__init__(folder, device)
+        arch = self.config["architecture"]
+        self.autoencoder = self._load(image_autoencoder(arch["autoencoder"]), "autoencoder")
+        self.unet = self._load(image_unet(arch["unet"], arch["autoencoder"]["latent_channels"]), "unet")
+        self.sampling = self.config.get("sampling", {"steps": 50})
+
+    @torch.no_grad()
+    def sample(self, label_map: np.ndarray, steps: int | None = None, seed: int = 0,
+               progress: Progress | None = None) -> np.ndarray:
+        steps = int(self.sampling["steps"] if steps is None else steps)
+        generator = torch.Generator().manual_seed(int(seed))
+        seg = torch.from_numpy(one_hot(to_indices(label_map)))[None].to(self.device)
+
+        def denoise(z, t):
+            return self.unet(z, t, seg=seg)
+
+        z = self._denoise(denoise, steps, generator, "image", progress)
+        image = self.autoencoder.decode(z, seg)
+        return image[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
+
+
+@dataclass
+class Pair:
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+    record: dict
+
+
+def generate_pair(mask: MaskGenerator, image: ImageGenerator, volume_ml: float, guidance: float | None = None,
+                  steps: int | None = None, seed: int = 0, progress: Progress | None = None) -> Pair:
+    """A labelled pair with `volume_ml` of ventricles asked; the record says what was asked and obtained."""
+    start = time.perf_counter()
+    guidance = float(mask.sampling["guidance"] if guidance is None else guidance)
+    mask_steps = int(mask.sampling["steps"] if steps is None else steps)
+    image_steps = int(image.sampling["steps"] if steps is None else steps)
+    label = mask.sample(volume_ml, guidance, mask_steps, seed, progress)
+    img = image.sample(label, image_steps, seed, progress)
+    affine = np.asarray(mask.config["affine"], dtype=np.float64)
+    record = {
+        "asked_ml": float(volume_ml),
+        "got_ml": round(ventricle_volume_ml(label, affine), 3),
+        "tiv_ml": round(tiv_ml(label, affine), 2),
+        "seed": int(seed),
+        "steps": {"mask": mask_steps, "image": image_steps},
+        "guidance": guidance,
+        "seconds": round(time.perf_counter() - start, 3),
+        "device": str(mask.device),
+        "models": {"mask": mask.id, "image": image.id},
+    }
+    return Pair(img, label, affine, record)
