@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 from . import __version__
-from .errors import VentricleSynthError
+from .errors import OutputError, RequestError, VentricleSynthError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,6 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_info(args) -> int:
+    from .model_store import describe, models_dir
     import monai
     import nibabel
     import numpy
@@ -34,7 +37,8 @@ def _cmd_info(args) -> int:
         "nibabel": nibabel.__version__,
         "numpy": numpy.__version__,
         "cuda": torch.cuda.is_available(),
-        "models": [],
+        "models_dir": str(models_dir(args.models)),
+        "models": describe(args.models),
     }
     print(json.dumps(info, indent=2))
     return 0
@@ -67,6 +71,39 @@ def _cmd_check(args) -> int:
     return 0
 
 
+def _writable_dir(path: str) -> Path:
+    """Create `path` if needed and prove it writable before any work starts (no partial output)."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test."):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def _cmd_generate(args) -> int:
+    from .generators import ImageGenerator, MaskGenerator, generate_pair
+    from .model_store import IMAGE, MASK, bundle_path
+    from .samples import write_sample
+
+    if args.count < 1:
+        raise RequestError(f"--count must be >= 1, got {args.count}")
+    mask = MaskGenerator(bundle_path(MASK, args.models), args.device)
+    guidance = mask.sampling["guidance"] if args.guidance is None else args.guidance
+    steps = mask.sampling["steps"] if args.steps is None else args.steps
+    mask.check_request(args.ventricle_ml, guidance, steps)
+    image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
+    out = _writable_dir(args.out)
+    for k in range(args.count):
+        pair = generate_pair(mask, image, args.ventricle_ml, guidance, steps, seed=args.seed + k)
+        folder = write_sample(out, k, pair.image, pair.label, pair.affine, pair.record)
+        print(json.dumps({"sample": str(folder), **{key: pair.record[key] for key in
+                                                    ("asked_ml", "got_ml", "seed", "seconds")}}), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m VentricleSynthLib", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ventriclesynth {__version__}")
@@ -74,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="bundled models, versions, verified checksums")
     p.set_defaults(func=_cmd_info)
+
+    p.add_argument("--models", help="folder holding model bundles (default: bundled, or $VENTRICLESYNTH_MODELS)")
+
+    p = sub.add_parser("generate", help="generate labelled synthetic MRI pairs with a requested ventricle volume")
+    p.add_argument("--ventricle-ml", type=float, required=True, help="requested ventricular volume in mL")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
+    p.add_argument("--steps", type=int, help="DDIM steps per stage (default: the bundle's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample k uses seed+k")
+    p.add_argument("--count", type=int, default=1, help="number of samples")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--out", required=True, help="output folder; samples go to OUT/sample_000, ...")
+    p.add_argument("--models", help="folder holding model bundles (default: bundled, or $VENTRICLESYNTH_MODELS)")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("check", help="validate an image (and label map); print geometry and volumes as JSON")
     p.add_argument("image")

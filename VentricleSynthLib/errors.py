@@ -29,3 +29,11 @@ class DatasetError(VentricleSynthError):
 
 class ConfigError(VentricleSynthError):
     """A profile/config file or option is invalid."""
+
+
+class RequestError(VentricleSynthError):
+    """A request the models or the command cannot honour (volume, steps, guidance, device, count)."""
+
+
+class OutputError(VentricleSynthError):
+    """An output location cannot be written."""

@@ -15,16 +15,12 @@ import numpy as np
 import torch
 
 from . import bundle as bundles
-from .errors import VentricleSynthError
+from .errors import RequestError
 from .labels import from_indices, one_hot, to_indices
 from .networks import condition, ddim, image_autoencoder, image_unet, mask_autoencoder, mask_unet
 from .volumes import tiv_ml, ventricle_volume_ml
 
 Progress = Callable[[str, int, int], None]
-
-
-class RequestError(VentricleSynthError):
-    """A sampling request outside what the models can honour (volume, steps, guidance, device)."""
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -23,7 +23,7 @@ from VentricleSynthLib.labels import LABELS, NUM_CLASSES, SCHEMA
 from VentricleSynthLib.networks import condition, ddpm, image_autoencoder, image_unet, mask_autoencoder, mask_unet
 
 from .cohort_data import Cases, load_cases, random_patch
-from .trainer import Run, TrainingError, init_distributed, is_main, training_device, wrap_ddp
+from .trainer import Run, TrainingError, init_distributed, is_main, seed_all, training_device, wrap_ddp
 
 BUNDLE_VERSION = "0.1.0"
 
@@ -71,6 +71,25 @@ def _load_module(module: torch.nn.Module, folder: Path, name: str, stage: str) -
     return module
 
 
+def _autocast(device: torch.device, train: dict):
+    """bf16 autocast on CUDA when the config asks for AMP (no loss scaling needed); a no-op on CPU."""
+    enabled = bool(train.get("amp")) and device.type == "cuda"
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
+
+
+def _perceptual(train: dict, device):
+    """LPIPS-style perceptual loss, only from a local weights file (nothing is downloaded)."""
+    path = train.get("perceptual_weights")
+    if not path:
+        return None
+    from monai.losses import PerceptualLoss
+
+    if not Path(path).is_file():
+        raise TrainingError(f"perceptual_weights {path} does not exist")
+    return PerceptualLoss(spatial_dims=3, network_type="squeeze", is_fake_3d=True, fake_3d_ratio=0.2,
+                          pretrained=True, pretrained_path=str(path)).to(device)
+
+
 def _ema(module: torch.nn.Module, decay: float | None):
     if not decay:
         return None
@@ -86,8 +105,9 @@ def train_mask_autoencoder(config: dict, work: Path, resume: bool = False) -> di
     spec, train = gen["mask_autoencoder"], gen["mask_autoencoder"]["train"]
     init_distributed()
     device = training_device()
+    seed_all(int(config["data"].get("seed", 0)))
     cases = _cases(config, work)
-    arch = {**spec["arch"], "latent_channels": gen["latent_channels"]}
+    arch = {**spec["arch"], "latent_channels": spec.get("latent_channels", gen["latent_channels"])}
     model = mask_autoencoder(arch).to(device)
     ddp = wrap_ddp(model)
     opt = torch.optim.Adam(model.parameters(), lr=float(train["lr"]))
@@ -98,9 +118,10 @@ def train_mask_autoencoder(config: dict, work: Path, resume: bool = False) -> di
         picks = rng.integers(0, len(cases), int(train["batch_size"]))
         window = random_patch(cases.indices.shape[1:], patch, rng)
         target = _one_hot_t(np.stack([cases.indices[i][window] for i in picks]), device)
-        logits, z_mu, z_sigma = ddp(target)
-        loss_seg = seg_loss(logits, target)
-        loss_kl = _kl(z_mu, z_sigma)
+        with _autocast(device, train):
+            logits, z_mu, z_sigma = ddp(target)
+        loss_seg = seg_loss(logits.float(), target)
+        loss_kl = _kl(z_mu.float(), z_sigma.float())
         loss = loss_seg + float(train["kl_weight"]) * loss_kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -122,8 +143,9 @@ def train_image_autoencoder(config: dict, work: Path, resume: bool = False) -> d
     spec, train = gen["image_autoencoder"], gen["image_autoencoder"]["train"]
     init_distributed()
     device = training_device()
+    seed_all(int(config["data"].get("seed", 0)))
     cases = _cases(config, work)
-    arch = {**spec["arch"], "latent_channels": gen["latent_channels"]}
+    arch = {**spec["arch"], "latent_channels": spec.get("latent_channels", gen["latent_channels"])}
     model = image_autoencoder(arch).to(device)
     disc = PatchDiscriminator(spatial_dims=3, channels=int(train.get("disc_channels", 16)), in_channels=1,
                               num_layers_d=3).to(device)
@@ -133,17 +155,24 @@ def train_image_autoencoder(config: dict, work: Path, resume: bool = False) -> d
     adversarial = PatchAdversarialLoss(criterion="least_squares")
     patch = tuple(train["patch"])
     adv_weight, adv_start = float(train.get("adv_weight", 0.0)), int(train.get("adv_start", 0))
+    perceptual = _perceptual(train, device)
 
     def step(i, rng):
         picks = rng.integers(0, len(cases), int(train["batch_size"]))
         window = random_patch(cases.images.shape[1:], patch, rng)
         x = torch.from_numpy(np.stack([cases.images[j][window] for j in picks]))[:, None].to(device)
         seg = _one_hot_t(np.stack([cases.indices[j][window] for j in picks]), device)
-        recon, z_mu, z_sigma = ddp(x, seg)
+        with _autocast(device, train):
+            recon, z_mu, z_sigma = ddp(x, seg)
+        recon = recon.float()
         loss_l1 = F.l1_loss(recon, x)
-        loss_kl = _kl(z_mu, z_sigma)
+        loss_kl = _kl(z_mu.float(), z_sigma.float())
         loss = loss_l1 + float(train["kl_weight"]) * loss_kl
         losses = {"l1": loss_l1.item(), "kl": loss_kl.item()}
+        if perceptual is not None:
+            loss_p = perceptual(recon, x)
+            loss = loss + float(train.get("perceptual_weight", 1e-3)) * loss_p
+            losses["perceptual"] = loss_p.item()
         use_adv = adv_weight > 0 and i >= adv_start
         if use_adv:
             loss_g = adversarial(ddp_disc(recon)[-1], target_is_real=True, for_discriminator=False)
@@ -183,12 +212,15 @@ def _encode_all(encode, cases: Cases, device, batch: int = 2) -> torch.Tensor:
     return torch.cat(latents)
 
 
-def _diffusion_step(unet_call, latents: torch.Tensor, scheduler, picks, device, extra=None) -> torch.Tensor:
+def _diffusion_step(unet_call, latents: torch.Tensor, scheduler, picks, device, train: dict) -> torch.Tensor:
+    """Noise-prediction MSE at random timesteps (DDPM training objective)."""
     z0 = latents[picks].to(device)
     noise = torch.randn_like(z0)
     t = torch.randint(0, scheduler.num_train_timesteps, (z0.shape[0],), device=device).long()
     noisy = scheduler.add_noise(original_samples=z0, noise=noise, timesteps=t)
-    return F.mse_loss(unet_call(noisy, t, picks), noise)
+    with _autocast(device, train):
+        prediction = unet_call(noisy, t, picks)
+    return F.mse_loss(prediction.float(), noise)
 
 
 def _bundle_config(name: str, config: dict, arch: dict, gen: dict, scale_factor: float, latent_shape, cases: Cases,
@@ -226,6 +258,7 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
     train = gen["mask_ldm"]["train"]
     init_distributed()
     device = training_device()
+    seed_all(int(config["data"].get("seed", 0)))
     cases = _cases(config, work)
     ae_folder = work / "mask-ae"
     ae_arch = json.loads((ae_folder / "arch.json").read_text()) if (ae_folder / "arch.json").is_file() else None
@@ -250,7 +283,7 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
 
     def step(_, rng):
         picks = torch.from_numpy(rng.integers(0, len(cases), int(train["batch_size"])))
-        loss = _diffusion_step(unet_call, latents, scheduler, picks, device)
+        loss = _diffusion_step(unet_call, latents, scheduler, picks, device, train)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -281,6 +314,7 @@ def train_image_ldm(config: dict, work: Path, resume: bool = False) -> dict:
     train = gen["image_ldm"]["train"]
     init_distributed()
     device = training_device()
+    seed_all(int(config["data"].get("seed", 0)))
     cases = _cases(config, work)
     ae_folder = work / "image-ae"
     if not (ae_folder / "arch.json").is_file():
@@ -306,7 +340,7 @@ def train_image_ldm(config: dict, work: Path, resume: bool = False) -> dict:
 
     def step(_, rng):
         picks = torch.from_numpy(rng.integers(0, len(cases), int(train["batch_size"])))
-        loss = _diffusion_step(unet_call, latents, scheduler, picks, device)
+        loss = _diffusion_step(unet_call, latents, scheduler, picks, device, train)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

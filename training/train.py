@@ -60,7 +60,20 @@ def _generator_stage(name):
     return stage
 
 
-STAGES = {"data": _stage_data, **{n: _generator_stage(n) for n in ("mask-ae", "mask-ldm", "image-ae", "image-ldm")}}
+def _stage_calibrate(args, config) -> int:
+    from training import calibrate
+
+    command = " ".join(["python training/train.py", *sys.argv[1:]])
+    result = calibrate.run(config, args.work, models=args.models, command=command,
+                           image_samples=args.image_samples)
+    for w, s in result["volume_control"].items():
+        print(f"calibrate: guidance {w}: spearman {s['spearman']:.3f}, median rel error "
+              f"{100 * s['median_rel_error']:.1f} %")
+    print(f"calibrate: T1 contrast ok in {100 * result['t1_contrast_fraction']:.0f} % of samples")
+    return 0
+
+
+STAGES = {"data": _stage_data, "calibrate": _stage_calibrate, **{n: _generator_stage(n) for n in ("mask-ae", "mask-ldm", "image-ae", "image-ldm")}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default="tiny", help="paper, cpu, tiny, or a YAML file")
     parser.add_argument("--work", type=Path, required=True, help="working folder for data, checkpoints, reports")
     parser.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint")
+    parser.add_argument("--models", type=Path, help="calibrate: folder with the bundles (default WORK/bundles)")
+    parser.add_argument("--image-samples", type=int, default=20, help="calibrate: pairs for the T1-contrast check")
     data = parser.add_argument_group("data stage")
     data.add_argument("--distributions", nargs="+", choices=["natural", "enlarged", "uniform"],
                       help="template cohort distributions to build (default: every one the config sets)")

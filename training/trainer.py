@@ -44,6 +44,13 @@ def init_distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def seed_all(seed: int) -> None:
+    """Seed torch, numpy's legacy RNG and random before networks are built (identical initial weights)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
