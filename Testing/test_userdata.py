@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from training.userdata import ImportReport, discover_pairs, import_dataset, resolve_mapping, sanitise_case_id
+from training.userdata import ImportReport, discover_pairs, import_dataset, sanitise_case_id
+from VentricleSynthLib.labels import mapping_from_spec as resolve_mapping
 from VentricleSynthLib import nnunet_raw
 from VentricleSynthLib.errors import ConfigError, DatasetError
 from VentricleSynthLib.labels import CEREBRA, LABELS, VENTRICLE_LABELS, LabelMapping

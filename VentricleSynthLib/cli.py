@@ -46,7 +46,7 @@ def _cmd_info(args) -> int:
 
 def _cmd_check(args) -> int:
     """Validate an image (and optionally its label map) and print its geometry and volumes."""
-    from .labels import CEREBRA, LabelMapping
+    from .labels import mapping_from_spec
     from .nifti import check_same_grid, load_image, load_label_map
     from .volumes import volume_report
 
@@ -59,12 +59,7 @@ def _cmd_check(args) -> int:
         "intensity_range": [float(image.array.min()), float(image.array.max())],
     }
     if args.label:
-        mapping = None
-        if args.mapping == "cerebra":
-            mapping = CEREBRA
-        elif args.mapping not in (None, "freesurfer"):
-            mapping = LabelMapping.from_csv(args.mapping)
-        label = load_label_map(args.label, mapping=mapping)
+        label = load_label_map(args.label, mapping=mapping_from_spec(args.mapping))
         check_same_grid(image, label)
         result.update(volume_report(label.array, label.affine))
     print(json.dumps(result))

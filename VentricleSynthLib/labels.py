@@ -209,3 +209,16 @@ def _cerebra_table() -> dict[int, int]:
 
 
 CEREBRA = LabelMapping("cerebra", _cerebra_table())
+
+
+def mapping_from_spec(spec) -> LabelMapping | None:
+    """A `--mapping` option -> LabelMapping: None/'freesurfer'/'synthseg' = schema numbers (None),
+    'cerebra' = CEREBRA, anything else = a CSV file with columns source,target."""
+    if spec is None or isinstance(spec, LabelMapping):
+        return spec
+    text = str(spec).strip()
+    if text.lower() in ("", "freesurfer", "synthseg", "fs", "none"):
+        return None
+    if text.lower() == "cerebra":
+        return CEREBRA
+    return LabelMapping.from_csv(text)

@@ -29,16 +29,10 @@ def _stage_data(args, config) -> int:
     if args.source is None:
         data_stage.run(config, args.work, distributions=args.distributions)
         return 0
-    from VentricleSynthLib.labels import CEREBRA, LabelMapping
     from training.userdata import import_dataset
 
-    mapping = None
-    if args.mapping == "cerebra":
-        mapping = CEREBRA
-    elif args.mapping not in (None, "freesurfer"):
-        mapping = LabelMapping.from_csv(args.mapping)
     report = import_dataset(args.source, args.work / "data" / "user", config["profile_obj"],
-                            image_pattern=args.images, label_pattern=args.labels, mapping=mapping,
+                            image_pattern=args.images, label_pattern=args.labels, mapping=args.mapping,
                             progress=lambda i, n, case: print(f"PROGRESS stage=import step={i}/{n} case={case}"))
     summary = report.to_dict()
     print(f"data: imported {len(summary['imported'])} cases, skipped {len(summary['skipped'])} "

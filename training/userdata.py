@@ -31,7 +31,7 @@ import numpy as np
 
 from VentricleSynthLib import nnunet_raw
 from VentricleSynthLib.errors import ConfigError, DatasetError, VentricleSynthError
-from VentricleSynthLib.labels import CEREBRA, LabelMapping
+from VentricleSynthLib.labels import LabelMapping, mapping_from_spec
 from VentricleSynthLib.nifti import Volume, atomic_write_bytes, check_same_grid, load_image, load_label_map
 from VentricleSynthLib.preprocess import Profile, to_profile
 from VentricleSynthLib.volumes import tiv_ml, ventricle_volume_ml, voxel_volume_ml
@@ -270,19 +270,6 @@ def _names(root: Path, paths: list[Path], limit: int = 3) -> str:
 # import
 
 
-def resolve_mapping(spec: str | Path | LabelMapping | None) -> LabelMapping | None:
-    """A `--mapping` option -> LabelMapping: None/'freesurfer'/'synthseg' = schema numbers (None),
-    'cerebra' = labels.CEREBRA, anything else = a CSV file with columns source,target."""
-    if spec is None or isinstance(spec, LabelMapping):
-        return spec
-    text = str(spec).strip()
-    if text.lower() in ("", "freesurfer", "synthseg", "fs", "none"):
-        return None
-    if text.lower() == "cerebra":
-        return CEREBRA
-    return LabelMapping.from_csv(text)
-
-
 def sanitise_case_id(case: str) -> str:
     """Characters outside [A-Za-z0-9_-] -> '_' (an empty result becomes 'case')."""
     clean = re.sub(r"[^A-Za-z0-9_-]", "_", case)
@@ -385,7 +372,7 @@ def import_dataset(source: Path, out_dir: Path, profile: Profile, image_pattern:
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     _check_locations(source, out_dir)
-    mapping = resolve_mapping(mapping)
+    mapping = mapping_from_spec(mapping)
 
     kind = "folder"
     if (source / "dataset.json").is_file():
