@@ -212,6 +212,19 @@ def _encode_all(encode, cases: Cases, device, batch: int = 2) -> torch.Tensor:
     return torch.cat(latents)
 
 
+@torch.no_grad()
+def _decoded_ventricle_ml(autoencoder, latents: torch.Tensor, cases: Cases, device) -> np.ndarray:
+    from VentricleSynthLib.labels import VENTRICLE_LABELS, to_indices
+    from VentricleSynthLib.volumes import voxel_volume_ml
+
+    vent_idx = torch.from_numpy(to_indices(np.asarray(VENTRICLE_LABELS)).astype(np.int64))
+    out = []
+    for z in latents:
+        classes = autoencoder.decode(z[None].to(device)).argmax(dim=1).cpu()
+        out.append(float(torch.isin(classes, vent_idx).sum()))
+    return np.asarray(out, np.float32) * voxel_volume_ml(cases.affine)
+
+
 def _diffusion_step(unet_call, latents: torch.Tensor, scheduler, picks, device, train: dict) -> torch.Tensor:
     """Noise-prediction MSE at random timesteps (DDPM training objective)."""
     z0 = latents[picks].to(device)
@@ -266,10 +279,13 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
         raise TrainingError(f"{ae_folder} has no trained autoencoder: run the `mask-ae` stage first")
     autoencoder = _load_module(mask_autoencoder(ae_arch), ae_folder, "autoencoder", "mask-ae").to(device).eval()
     latents = _encode_all(lambda sl: autoencoder.encode(_one_hot_t(cases.indices[sl], device))[0], cases, device)
+    # Condition on the ventricle volume of each latent's *decoding*, not of the original label map: the
+    # autoencoder's systematic volume bias then never reaches the user (asked mL = decoded mL).
+    decoded_ml = _decoded_ventricle_ml(autoencoder, latents, cases, device)
     scale_factor = float(1.0 / latents.std())
     latents = latents * scale_factor
-    v_min, v_max = float(cases.ventricle_ml.min()), float(cases.ventricle_ml.max())
-    v_norm = torch.from_numpy((cases.ventricle_ml - v_min) / max(v_max - v_min, 1e-6))
+    v_min, v_max = float(decoded_ml.min()), float(decoded_ml.max())
+    v_norm = torch.from_numpy((decoded_ml - v_min) / max(v_max - v_min, 1e-6))
     unet = mask_unet(gen["mask_ldm"]["arch"], ae_arch["latent_channels"]).to(device)
     ddp = wrap_ddp(unet)
     opt = torch.optim.Adam(unet.parameters(), lr=float(train["lr"]))
@@ -299,7 +315,9 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
         bundle_config = _bundle_config(
             "mask_generator", config, arch, gen, scale_factor, latents.shape[1:], cases,
             {"mask-ae": _stage_steps(work / "mask-ae"), "mask-ldm": _stage_steps(folder)},
-            {"volume_normalisation": {"min_ml": v_min, "max_ml": v_max, "quantity": "ventricle_ml"},
+            {"volume_normalisation": {"min_ml": v_min, "max_ml": v_max,
+                                      "quantity": "ventricle_ml of the autoencoder's decoding of each case",
+                                      "decoded_minus_true_ml_mean": float(np.mean(decoded_ml - cases.ventricle_ml))},
              "conditioning": {"context": "[volume_norm, flag]", "null_token": [0.0, 0.0], "drop_probability": drop},
              "sampling": gen["mask_ldm"].get("sampling", {"guidance": 4.0, "steps": 50})})
         out = bundles.save_bundle(work / "bundles" / "mask_generator", bundle_config,
