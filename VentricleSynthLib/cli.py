@@ -91,12 +91,18 @@ def _cmd_generate(args) -> int:
     mask.check_request(args.ventricle_ml, guidance, steps)
     image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
     out = _writable_dir(args.out)
-    for k in range(args.count):
-        pair = generate_pair(mask, image, args.ventricle_ml, guidance, steps, seed=args.seed + k)
+    for k in range(args.count):  # steps=None: each bundle's own default
+        pair = generate_pair(mask, image, args.ventricle_ml, guidance, args.steps, seed=args.seed + k)
         folder = write_sample(out, k, pair.image, pair.label, pair.affine, pair.record)
         print(json.dumps({"sample": str(folder), **{key: pair.record[key] for key in
                                                     ("asked_ml", "got_ml", "seed", "seconds")}}), flush=True)
     return 0
+
+
+def _cmd_worker(args) -> int:
+    from .worker import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mapping", default=None,
                    help="label convention of --label: freesurfer (default), cerebra, or a CSV with source,target")
     p.set_defaults(func=_cmd_check)
+
+    from .worker import add_arguments as add_worker_arguments
+
+    p = sub.add_parser("worker", help="out-of-process worker for the Slicer module (PROGRESS/RESULT lines)")
+    add_worker_arguments(p)
+    p.set_defaults(func=_cmd_worker)
     return parser
 
 

@@ -12,7 +12,11 @@ from pathlib import Path
 
 from .bundle import BundleError, model_id, read_config, verify
 
-BUNDLED = Path(__file__).resolve().parent.parent / "VentricleSynth" / "Resources" / "Models"
+_HERE = Path(__file__).resolve().parent
+# Source checkout: <repo>/VentricleSynth/Resources/Models; installed Slicer extension: the Lib package sits
+# next to VentricleSynth.py in qt-scripted-modules, so Resources/ is its sibling.
+_CANDIDATES = (_HERE.parent / "VentricleSynth" / "Resources" / "Models", _HERE.parent / "Resources" / "Models")
+BUNDLED = next((c for c in _CANDIDATES if c.is_dir()), _CANDIDATES[0])
 MASK, IMAGE, SEGMENTER = "mask_generator", "image_generator", "segmenter"
 
 

@@ -1,0 +1,605 @@
+"""The protocol between the Slicer module and `python -m VentricleSynthLib worker`: line grammar,
+a streaming parser, exit codes and their messages, process-tree termination, and a blocking runner.
+
+Pure Python (standard library only): the Slicer Logic imports it inside Slicer's own process, where
+torch may not even be installed. Nothing here imports torch, numpy, qt, vtk or slicer.
+
+Lines the worker prints on stdout (stderr carries `error:`/`warning:` lines and free log text; the
+Logic merges both channels, and the parser accepts every kind of line on either):
+
+    WORKER pid=<int> version=<str> command=<generate|segment|info>
+    PLAN count=<K> stages=<name>:<steps>,<name>:<steps>
+    PROGRESS stage=<name> step=<i>/<n> [sample=<k>/<K>]
+    RESULT <one-line JSON object>
+    warning: <text>
+    error: <text>
+    anything else: log text
+
+`PROGRESS` comes once per denoising step, so the overall fraction is exact: with the plan known,
+fraction = steps done in earlier samples and earlier stages + i, over count * steps per sample.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+# Reserved exit codes of the worker.
+EXIT_OK = 0
+EXIT_FAILED = 1  # unexpected: a bug; the traceback is in the log
+EXIT_USER_ERROR = 2  # bad input or request; one `error:` line says what
+EXIT_OUT_OF_MEMORY = 3  # CUDA/MPS/host out of memory; the `error:` line carries a hint
+EXIT_CANCELLED = 130  # SIGINT/SIGTERM or the parent went away
+
+OUT_OF_MEMORY_HINT = ("Try the CPU device (slower but uses main memory), generate one sample at a time, "
+                      "or close other programs that use the GPU/memory.")
+
+# Signals that mean "someone stopped the worker": seen as negative codes (Python's subprocess),
+# 128+N (shells, QProcess on some platforms) or the worker's own 130.
+_INTERRUPT_CODES = {EXIT_CANCELLED, 128 + 15, -15, -2}
+_KILL_CODES = {128 + 9, -9}
+
+_PROGRESS_STEP = re.compile(r"^(\d+)/(\d+)$")
+
+
+# --------------------------------------------------------------------------------------------- events
+@dataclass
+class Started:
+    pid: int
+    version: str = ""
+    command: str = ""
+
+
+@dataclass
+class Plan:
+    stages: list[tuple[str, int]]
+    count: int = 1
+
+
+@dataclass
+class Progress:
+    stage: str
+    step: int
+    total: int
+    sample: int = 1
+    count: int = 1
+    fraction: float = 0.0  # overall, across samples and planned stages, in [0, 1]
+    eta_seconds: float | None = None
+
+    @property
+    def percent(self) -> int:
+        return int(round(100 * self.fraction))
+
+    def describe(self) -> str:
+        text = f"{self.stage}: step {self.step}/{self.total}"
+        if self.count > 1:
+            text = f"sample {self.sample}/{self.count}, " + text
+        if self.eta_seconds is not None and self.fraction < 1:
+            text += f" (about {format_seconds(self.eta_seconds)} left)"
+        return text
+
+
+@dataclass
+class Result:
+    data: dict
+
+    @property
+    def kind(self) -> str:
+        return str(self.data.get("kind", ""))
+
+
+@dataclass
+class Message:
+    level: str  # "log" | "warning" | "error"
+    text: str
+
+
+Event = Started | Plan | Progress | Result | Message
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+# ----------------------------------------------------------------------------------- line formatting
+def format_progress(stage: str, step: int, total: int, sample: int | None = None, count: int | None = None) -> str:
+    line = f"PROGRESS stage={stage} step={int(step)}/{int(total)}"
+    if sample is not None and count is not None:
+        line += f" sample={int(sample)}/{int(count)}"
+    return line
+
+
+def format_plan(stages: Iterable[tuple[str, int]], count: int) -> str:
+    return f"PLAN count={int(count)} stages=" + ",".join(f"{name}:{int(n)}" for name, n in stages)
+
+
+def format_result(data: dict) -> str:
+    # ensure_ascii keeps the line ASCII whatever the paths contain (non-ASCII Windows user folders).
+    return "RESULT " + json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+
+
+def format_started(command: str, version: str, pid: int | None = None) -> str:
+    return f"WORKER pid={os.getpid() if pid is None else int(pid)} version={version} command={command}"
+
+
+def _fields(text: str) -> dict[str, str]:
+    out = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------- parser
+class WorkerProtocol:
+    """Streaming parser: feed it arbitrary chunks of worker output, get events back.
+
+    `plan` (stage, steps) pairs and `count` may be given up front (the Logic knows them when it sets
+    --steps); a `PLAN` line from the worker replaces them. Without either, the fraction is that of
+    the current stage. Stages outside the plan (e.g. loading) move the label, not the bar.
+    """
+
+    def __init__(self, plan: Iterable[tuple[str, int]] | None = None, count: int = 1,
+                 clock: Callable[[], float] = time.monotonic, max_log_lines: int = 2000):
+        self.plan: list[tuple[str, int]] = [(str(s), int(n)) for s, n in (plan or [])]
+        self.count = max(1, int(count))
+        self._clock = clock
+        self._start = clock()
+        self._buffer = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # chunks may split a character
+        self.fraction = 0.0
+        self.stage = ""
+        self.pid: int | None = None
+        self.results: list[dict] = []
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self.log: list[str] = []  # capped: the last `max_log_lines` lines of free text
+        self._max_log = max_log_lines
+
+    # -- feeding
+    def feed(self, chunk: str | bytes) -> list[Event]:
+        if isinstance(chunk, (bytes, bytearray)):
+            chunk = self._decoder.decode(bytes(chunk))
+        self._buffer += chunk.replace("\r\n", "\n").replace("\r", "\n")
+        *lines, self._buffer = self._buffer.split("\n")
+        events = []
+        for line in lines:
+            event = self.parse_line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def flush(self) -> list[Event]:
+        """Parse what is left after the stream ended without a final newline."""
+        rest, self._buffer = self._buffer + self._decoder.decode(b"", final=True), ""
+        event = self.parse_line(rest) if rest.strip() else None
+        return [event] if event is not None else []
+
+    # -- one line
+    def parse_line(self, line: str) -> Event | None:
+        line = line.rstrip("\n")
+        stripped = line.strip()
+        if not stripped:
+            return None
+        head, _, rest = stripped.partition(" ")
+        if head == "PROGRESS":
+            event = self._progress(rest)
+            if event is not None:
+                return event
+        elif head == "RESULT":
+            try:
+                data = json.loads(rest)
+            except ValueError:
+                data = None
+            if isinstance(data, dict):
+                self.results.append(data)
+                return Result(data)
+        elif head == "PLAN":
+            event = self._plan(rest)
+            if event is not None:
+                return event
+        elif head == "WORKER":
+            values = _fields(rest)
+            try:
+                self.pid = int(values.get("pid", ""))
+            except ValueError:
+                self.pid = None
+            return Started(self.pid or 0, values.get("version", ""), values.get("command", ""))
+        lowered = stripped.lower()
+        if lowered.startswith("error:"):
+            text = stripped[len("error:"):].strip()
+            self.errors.append(text)
+            return Message("error", text)
+        if lowered.startswith("warning:"):
+            text = stripped[len("warning:"):].strip()
+            self.warnings.append(text)
+            return Message("warning", text)
+        self.log.append(line)
+        if len(self.log) > self._max_log:
+            del self.log[: len(self.log) - self._max_log]
+        return Message("log", line)
+
+    def _plan(self, rest: str) -> Plan | None:
+        values = _fields(rest)
+        stages = []
+        for item in filter(None, values.get("stages", "").split(",")):
+            name, _, n = item.partition(":")
+            if not name or not n.isdigit():
+                return None
+            stages.append((name, int(n)))
+        try:
+            count = int(values.get("count", "1"))
+        except ValueError:
+            return None
+        self.plan, self.count = stages, max(1, count)
+        return Plan(list(stages), self.count)
+
+    def _progress(self, rest: str) -> Progress | None:
+        values = _fields(rest)
+        stage = values.get("stage")
+        match = _PROGRESS_STEP.match(values.get("step", ""))
+        if not stage or not match:
+            return None
+        step, total = int(match.group(1)), int(match.group(2))
+        sample, count = 1, self.count
+        sample_match = _PROGRESS_STEP.match(values.get("sample", ""))
+        if sample_match:
+            sample, count = int(sample_match.group(1)), max(1, int(sample_match.group(2)))
+            if count != self.count:
+                self.count = count
+        self.stage = stage
+        self.fraction = max(self.fraction, self._fraction(stage, step, total, sample))
+        eta = None
+        if 0 < self.fraction < 1:
+            elapsed = self._clock() - self._start
+            eta = elapsed * (1 - self.fraction) / self.fraction
+        return Progress(stage, step, total, sample, count, self.fraction, eta)
+
+    def _fraction(self, stage: str, step: int, total: int, sample: int) -> float:
+        names = [name for name, _ in self.plan]
+        if stage not in names:
+            if self.plan:
+                return self.fraction  # an unplanned stage (loading, writing) leaves the bar alone
+            return min(1.0, step / total) if total > 0 else self.fraction
+        index = names.index(stage)
+        if self.plan[index][1] != total:  # trust what the worker reports over a stale plan
+            self.plan[index] = (stage, total)
+        per_sample = sum(n for _, n in self.plan)
+        if per_sample <= 0:
+            return self.fraction
+        done = (min(sample, self.count) - 1) * per_sample + sum(n for _, n in self.plan[:index]) + min(step, total)
+        return min(1.0, done / (self.count * per_sample))
+
+    # -- the end
+    def finish(self, exit_code: int | None, cancel_requested: bool = False, crashed: bool = False) -> "Outcome":
+        self.flush()
+        return describe_exit(exit_code, self.errors, cancel_requested=cancel_requested, crashed=crashed,
+                             results=self.results, log_tail=self.log[-20:])
+
+
+# -------------------------------------------------------------------------------------- exit codes
+@dataclass
+class Outcome:
+    status: str  # ok | cancelled | user_error | out_of_memory | killed | failed | timeout
+    exit_code: int | None
+    message: str
+    results: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def describe_exit(exit_code: int | None, errors: Iterable[str] = (), cancel_requested: bool = False,
+                  crashed: bool = False, results: list[dict] | None = None,
+                  log_tail: Iterable[str] = ()) -> Outcome:
+    """Map a worker's exit code (plus its `error:` lines) to a status and a message for the user."""
+    errors = [e for e in errors if e]
+    last_error = errors[-1] if errors else ""
+    results = list(results or [])
+    if exit_code == EXIT_OK and not crashed:
+        return Outcome("ok", exit_code, "Finished.", results)
+    if cancel_requested:
+        return Outcome("cancelled", exit_code, "Cancelled.", results)
+    if exit_code == EXIT_USER_ERROR:
+        return Outcome("user_error", exit_code, last_error or "The worker refused the request (bad input).", results)
+    if exit_code == EXIT_OUT_OF_MEMORY:
+        message = last_error or "Out of memory."
+        if OUT_OF_MEMORY_HINT not in message:
+            message = f"{message} {OUT_OF_MEMORY_HINT}"
+        return Outcome("out_of_memory", exit_code, message, results)
+    if exit_code in _INTERRUPT_CODES:
+        return Outcome("cancelled", exit_code, "The worker was interrupted.", results)
+    if exit_code in _KILL_CODES:
+        return Outcome("killed", exit_code, "The worker was killed (SIGKILL): the system probably ran out of memory. "
+                       + OUT_OF_MEMORY_HINT, results)
+    if exit_code is not None and exit_code < 0:
+        return Outcome("killed", exit_code, f"The worker was killed by signal {-exit_code}.", results)
+    if crashed or exit_code is None:
+        return Outcome("killed", exit_code, "The worker stopped abruptly (it crashed or the system killed it, "
+                       "often for lack of memory). " + OUT_OF_MEMORY_HINT, results)
+    detail = last_error
+    if not detail:
+        tail = [line.strip() for line in log_tail if line.strip()]
+        detail = tail[-1] if tail else ""
+    message = f"The worker failed unexpectedly (exit code {exit_code})" + (f": {detail}" if detail else "")
+    message = message.rstrip(".") + ". See the log for details."
+    return Outcome("failed", exit_code, message, results)
+
+
+# --------------------------------------------------------------------------------- process trees
+def _children_table() -> dict[int, list[int]]:
+    """parent pid -> child pids of every process we can see (POSIX)."""
+    table: dict[int, list[int]] = {}
+    try:
+        import psutil  # optional; Slicer may have it
+
+        for proc in psutil.process_iter(["pid", "ppid"]):
+            table.setdefault(proc.info["ppid"], []).append(proc.info["pid"])
+        return table
+    except Exception:  # noqa: BLE001 - psutil absent or a process vanished while listing
+        table.clear()
+    proc_dir = Path("/proc")
+    if proc_dir.is_dir():
+        for entry in proc_dir.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            table.setdefault(ppid, []).append(int(entry.name))
+        return table
+    try:
+        out = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return table
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            table.setdefault(int(parts[1]), []).append(int(parts[0]))
+    return table
+
+
+def descendants(pid: int) -> list[int]:
+    """All descendants of `pid` (children first, breadth-first)."""
+    table = _children_table()
+    out, frontier = [], [int(pid)]
+    while frontier:
+        nxt = []
+        for parent in frontier:
+            for child in table.get(parent, []):
+                if child not in out and child != pid:
+                    out.append(child)
+                    nxt.append(child)
+        frontier = nxt
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def process_tree(pid: int | None, extra_pids: Iterable[int] = ()) -> list[int]:
+    """`pid`, its descendants and `extra_pids` (and their descendants), without duplicates. Record the
+    tree before stopping anything: once a parent has exited, its children are re-parented and lost."""
+    roots = [int(p) for p in ([pid] if pid is not None else []) + list(extra_pids) if p]
+    out: list[int] = []
+    for root in roots:
+        for p in descendants(root) + [root]:
+            if p not in out and p != os.getpid():
+                out.append(p)
+    return out
+
+
+def signal_pids(pids: Iterable[int], sig: int | None = None) -> None:
+    """Send `sig` (default SIGTERM) to each pid still alive; never blocks. POSIX only (no-op on Windows)."""
+    if os.name == "nt":
+        return
+    sig = signal.SIGTERM if sig is None else sig
+    for p in pids:
+        if _alive(p):
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
+
+
+def kill_process_tree(pid: int | None, timeout: float = 3.0, extra_pids: Iterable[int] = ()) -> list[int]:
+    """Stop `pid` and all its descendants: SIGTERM first (the worker cleans up and exits 130), SIGKILL
+    after `timeout` seconds. `extra_pids` (e.g. the worker's own pid from its WORKER line, in case the
+    launcher in between has gone) are included. Returns the pids signalled. Windows: taskkill /T /F."""
+    if pid is None and not extra_pids:
+        return []
+    roots = [int(p) for p in ([pid] if pid is not None else []) + list(extra_pids) if p]
+    if os.name == "nt":
+        for root in roots:
+            subprocess.run(["taskkill", "/PID", str(root), "/T", "/F"], capture_output=True,
+                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        return roots
+    targets = process_tree(None, roots)
+    signal_pids(targets, signal.SIGTERM)
+    deadline = time.monotonic() + max(0.0, timeout)
+    while time.monotonic() < deadline and any(_alive(p) for p in targets):
+        time.sleep(0.05)
+    signal_pids(targets, signal.SIGKILL)
+    return targets
+
+
+# ------------------------------------------------------------------------------- blocking runner
+def worker_command(python: str, command: str, options: dict, flags: Iterable[str] = ()) -> list[str]:
+    """`python -m VentricleSynthLib worker COMMAND --key value ...` from a dict (None values dropped).
+    Keys use underscores or dashes; booleans True become bare flags."""
+    args = [python, "-m", "VentricleSynthLib", "worker", command]
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        option = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(option)
+        else:
+            args += [option, str(value)]
+    args += list(flags)
+    return args
+
+
+def generate_command(python: str, out: str, ventricle_ml: float, guidance: float | None = None,
+                     steps: int | None = None, seed: int = 0, count: int = 1, device: str = "auto",
+                     models: str | None = None, threads: int | None = None, watch_stdin: bool = True) -> list[str]:
+    """The exact `worker generate` command line the Slicer Logic runs."""
+    return worker_command(python, "generate", {
+        "ventricle_ml": repr(float(ventricle_ml)), "guidance": None if guidance is None else repr(float(guidance)),
+        "steps": steps, "seed": int(seed), "count": int(count), "device": device, "models": models,
+        "threads": threads, "out": out, "watch_stdin": bool(watch_stdin)})
+
+
+def segment_command(python: str, input_path: str, out: str, device: str = "auto", models: str | None = None,
+                    tta: bool = False, threads: int | None = None, watch_stdin: bool = True) -> list[str]:
+    """The exact `worker segment` command line the Slicer Logic runs."""
+    return worker_command(python, "segment", {"input": input_path, "out": out, "device": device, "models": models,
+                                              "tta": bool(tta), "threads": threads, "watch_stdin": bool(watch_stdin)})
+
+
+def info_command(python: str, models: str | None = None) -> list[str]:
+    return worker_command(python, "info", {"models": models})
+
+
+def run_worker(command: list[str], env: dict | None = None, cwd: str | None = None,
+               on_event: Callable[[Event], None] | None = None, protocol: WorkerProtocol | None = None,
+               timeout: float | None = None, should_cancel: Callable[[], bool] | None = None,
+               poll_seconds: float = 0.1) -> Outcome:
+    """Run a worker to completion, parsing its output as it comes (the Logic's blocking mode, tests).
+
+    stdout and stderr are merged (as in the Slicer panel); stdin stays open so `--watch-stdin` works.
+    `should_cancel()` returning True, a timeout or Ctrl+C stop the whole process tree.
+    """
+    protocol = protocol or WorkerProtocol()
+    popen_kw = {}
+    if os.name == "nt":
+        popen_kw["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+    else:
+        popen_kw["start_new_session"] = True  # our own process group: a terminal Ctrl+C reaches us only
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
+                            env=env, cwd=cwd, bufsize=0, **popen_kw)
+    lines: queue.Queue = queue.Queue()
+
+    def reader():
+        for raw in iter(proc.stdout.readline, b""):
+            lines.put(raw)
+        lines.put(None)
+
+    thread = threading.Thread(target=reader, name="ventriclesynth-worker-reader", daemon=True)
+    thread.start()
+    cancel_requested = timed_out = False
+    deadline = None if timeout is None else time.monotonic() + timeout
+    eof = False
+    try:
+        while not eof:
+            try:
+                raw = lines.get(timeout=poll_seconds)
+            except queue.Empty:
+                raw = b""
+            if raw is None:
+                eof = True
+            elif raw:
+                for event in protocol.feed(raw):
+                    if on_event:
+                        on_event(event)
+            if not cancel_requested:
+                timed_out = deadline is not None and time.monotonic() > deadline
+                if timed_out or (should_cancel and should_cancel()):
+                    cancel_requested = True
+                    kill_process_tree(proc.pid, extra_pids=[protocol.pid] if protocol.pid else [])
+    except BaseException:
+        kill_process_tree(proc.pid, extra_pids=[protocol.pid] if protocol.pid else [])
+        proc.wait()
+        raise
+    finally:
+        if proc.stdin:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+    proc.wait()
+    thread.join(timeout=5)
+    for event in protocol.flush():
+        if on_event:
+            on_event(event)
+    outcome = protocol.finish(proc.returncode, cancel_requested=cancel_requested)
+    if timed_out and outcome.status == "cancelled":
+        outcome.status, outcome.message = "timeout", f"The worker did not finish within {timeout:g} s and was stopped."
+    return outcome
+
+
+# ------------------------------------------------------------------------- bundle defaults (JSON)
+def read_generator_defaults(models_dir: str | os.PathLike) -> dict:
+    """What the Generate panel needs from the mask bundle, from its config.json alone (no torch):
+    trained volume range, default guidance and steps, profile. Empty dict when there is no bundle."""
+    path = Path(models_dir) / "mask_generator" / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    out: dict = {"models_dir": str(models_dir)}
+    norm = config.get("volume_normalisation") or {}
+    if "min_ml" in norm and "max_ml" in norm:
+        out["trained_range_ml"] = (float(norm["min_ml"]), float(norm["max_ml"]))
+    sampling = config.get("sampling") or {}
+    out["guidance"] = float(sampling.get("guidance", 4.0))
+    out["steps"] = int(sampling.get("steps", 50))
+    image_config = Path(models_dir) / "image_generator" / "config.json"
+    try:
+        image_sampling = json.loads(image_config.read_text()).get("sampling") or {}
+        out["image_steps"] = int(image_sampling.get("steps", out["steps"]))
+    except (OSError, ValueError):
+        pass
+    profile = config.get("profile") or {}
+    if profile:
+        out["profile"] = profile.get("name")
+        out["shape"] = profile.get("shape")
+        out["spacing"] = profile.get("spacing")
+    return out
+
+
+def python_for_worker() -> str:
+    """Interpreter for the worker: Slicer's PythonSlicer launcher when present, else this interpreter."""
+    import shutil
+
+    for name in ("PythonSlicer",):
+        found = shutil.which(name)
+        if found:
+            return found
+    return sys.executable
