@@ -20,11 +20,17 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PIP) install -c $(CONSTRAINTS) -e ".[test,eval]"
 	touch $@
 
-# Until the bundled generators land, the demo builds and previews the offline template cohort.
+# The main job, offline: two labelled pairs from the bundled generators (normal and enlarged ventricles).
 demo: venv
-	$(PY) training/train.py data --config tiny --work $(DEMO_OUT)
-	@echo "demo: cohort montages: $(DEMO_OUT)/data/natural/montage.png $(DEMO_OUT)/data/enlarged/montage.png"
-	@echo "demo: per-case volumes: $(DEMO_OUT)/data/natural/cases.csv $(DEMO_OUT)/data/enlarged/cases.csv"
+	$(PY) -m VentricleSynthLib generate --ventricle-ml 25 --seed 1 --out $(DEMO_OUT)/normal_25ml
+	$(PY) -m VentricleSynthLib generate --ventricle-ml 100 --seed 2 --out $(DEMO_OUT)/enlarged_100ml
+	@echo "demo: outputs in $(DEMO_OUT)/ (image.nii.gz, label.nii.gz, sample.json per sample)"
+	@echo "demo: previews: $(DEMO_OUT)/normal_25ml/sample_000/preview.png $(DEMO_OUT)/enlarged_100ml/sample_000/preview.png"
+
+# The offline template cohort at the tiny profile, with montages.
+cohort-tiny: venv
+	$(PY) training/train.py data --config tiny --work $(DEMO_OUT)/cohort
+	@echo "cohort: montages in $(DEMO_OUT)/cohort/data/*/montage.png"
 
 test: venv
 	$(PY) -m pytest -q -ra Testing

@@ -56,6 +56,8 @@ class _LatentDiffusion:
         self.config = bundles.read_config(self.folder)
         self.device = resolve_device(device)
         self.scale_factor = float(self.config["scale_factor"])
+        shift = self.config.get("latent_shift") or [0.0] * int(self.config["latent_shape"][0])
+        self.latent_shift = torch.tensor(shift, dtype=torch.float32).reshape(1, -1, 1, 1, 1)
         self.latent_shape = tuple(self.config["latent_shape"])
         self.scheduler_kwargs = self.config["scheduler"]
         self.id = bundles.model_id(self.folder)
@@ -78,7 +80,7 @@ class _LatentDiffusion:
             z, _ = scheduler.step(eps, int(t), z)
             if progress:
                 progress(stage, i, steps)
-        return z / self.scale_factor
+        return z / self.scale_factor + self.latent_shift.to(z.device)
 
 
 class MaskGenerator(_LatentDiffusion):

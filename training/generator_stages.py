@@ -212,6 +212,16 @@ def _encode_all(encode, cases: Cases, device, batch: int = 2) -> torch.Tensor:
     return torch.cat(latents)
 
 
+def _standardise(latents: torch.Tensor) -> tuple[torch.Tensor, list[float], float]:
+    """Per-channel mean removed, then one global scale (1/std). Diffusion from pure noise cannot recover a
+    large per-channel offset of the latents (measured: the first mask LDM produced 170-380 mL whatever was
+    asked), so the offset is stored in the bundle and added back after sampling."""
+    shift = latents.mean(dim=(0, *range(2, latents.ndim)))
+    centred = latents - shift.reshape(1, -1, *([1] * (latents.ndim - 2)))
+    scale = float(1.0 / centred.std())
+    return centred * scale, [float(v) for v in shift], scale
+
+
 @torch.no_grad()
 def _decoded_ventricle_ml(autoencoder, latents: torch.Tensor, cases: Cases, device) -> np.ndarray:
     from VentricleSynthLib.labels import VENTRICLE_LABELS, to_indices
@@ -236,8 +246,8 @@ def _diffusion_step(unet_call, latents: torch.Tensor, scheduler, picks, device, 
     return F.mse_loss(prediction.float(), noise)
 
 
-def _bundle_config(name: str, config: dict, arch: dict, gen: dict, scale_factor: float, latent_shape, cases: Cases,
-                   stage_seconds: dict, extra: dict) -> dict:
+def _bundle_config(name: str, config: dict, arch: dict, gen: dict, scale_factor: float, shift: list[float],
+                   latent_shape, cases: Cases, stage_seconds: dict, extra: dict) -> dict:
     profile = config["profile_obj"]
     return {
         "name": name,
@@ -245,6 +255,7 @@ def _bundle_config(name: str, config: dict, arch: dict, gen: dict, scale_factor:
         "architecture": arch,
         "scheduler": gen["scheduler"],
         "scale_factor": scale_factor,
+        "latent_shift": shift,
         "latent_shape": list(latent_shape),
         "profile": {"name": profile.name, "spacing": list(profile.spacing), "shape": list(profile.shape)},
         "affine": np.asarray(cases.affine).tolist(),
@@ -282,8 +293,7 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
     # Condition on the ventricle volume of each latent's *decoding*, not of the original label map: the
     # autoencoder's systematic volume bias then never reaches the user (asked mL = decoded mL).
     decoded_ml = _decoded_ventricle_ml(autoencoder, latents, cases, device)
-    scale_factor = float(1.0 / latents.std())
-    latents = latents * scale_factor
+    latents, shift, scale_factor = _standardise(latents)
     v_min, v_max = float(decoded_ml.min()), float(decoded_ml.max())
     v_norm = torch.from_numpy((decoded_ml - v_min) / max(v_max - v_min, 1e-6))
     unet = mask_unet(gen["mask_ldm"]["arch"], ae_arch["latent_channels"]).to(device)
@@ -313,7 +323,7 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
         final = ema.module if ema else unet
         arch = {"autoencoder": ae_arch, "unet": gen["mask_ldm"]["arch"]}
         bundle_config = _bundle_config(
-            "mask_generator", config, arch, gen, scale_factor, latents.shape[1:], cases,
+            "mask_generator", config, arch, gen, scale_factor, shift, latents.shape[1:], cases,
             {"mask-ae": _stage_steps(work / "mask-ae"), "mask-ldm": _stage_steps(folder)},
             {"volume_normalisation": {"min_ml": v_min, "max_ml": v_max,
                                       "quantity": "ventricle_ml of the autoencoder's decoding of each case",
@@ -345,8 +355,7 @@ def train_image_ldm(config: dict, work: Path, resume: bool = False) -> dict:
         return autoencoder.encode(x)[0]
 
     latents = _encode_all(encode, cases, device)
-    scale_factor = float(1.0 / latents.std())
-    latents = latents * scale_factor
+    latents, shift, scale_factor = _standardise(latents)
     unet = image_unet(gen["image_ldm"]["arch"], ae_arch["latent_channels"]).to(device)
     ddp = wrap_ddp(unet)
     opt = torch.optim.Adam(unet.parameters(), lr=float(train["lr"]))
@@ -372,7 +381,7 @@ def train_image_ldm(config: dict, work: Path, resume: bool = False) -> dict:
         final = ema.module if ema else unet
         arch = {"autoencoder": ae_arch, "unet": gen["image_ldm"]["arch"]}
         bundle_config = _bundle_config(
-            "image_generator", config, arch, gen, scale_factor, latents.shape[1:], cases,
+            "image_generator", config, arch, gen, scale_factor, shift, latents.shape[1:], cases,
             {"image-ae": _stage_steps(ae_folder), "image-ldm": _stage_steps(folder)},
             {"sampling": gen["image_ldm"].get("sampling", {"steps": 50})})
         out = bundles.save_bundle(work / "bundles" / "image_generator", bundle_config,
