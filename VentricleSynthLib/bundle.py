@@ -102,12 +102,17 @@ def save_bundle(folder: Path, config: dict, modules: dict[str, torch.nn.Module],
         for rel, src in (extra_files or {}).items():
             shutil.copyfile(src, staging / rel)
         write_manifest(staging)
-        old = folder.with_name(f".{folder.name}.old")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(staging, folder)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def swap_in(staging: Path, folder: Path) -> None:
+    """Replace `folder` by the complete `staging` folder (a sibling) with renames only."""
+    old = folder.with_name(f".{folder.name}.old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(staging, folder)
+    shutil.rmtree(old, ignore_errors=True)

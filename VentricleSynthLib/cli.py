@@ -105,6 +105,12 @@ def _cmd_worker(args) -> int:
     return run(args)
 
 
+def _cmd_segment(args) -> int:
+    from .segmenter import segment_command
+
+    return segment_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m VentricleSynthLib", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ventriclesynth {__version__}")
@@ -125,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder; samples go to OUT/sample_000, ...")
     p.add_argument("--models", help="folder holding model bundles (default: bundled, or $VENTRICLESYNTH_MODELS)")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("segment", help="segment the ventricles of a T1 MRI; print the volumes as one JSON line")
+    p.add_argument("image", help="T1-weighted MRI (.nii/.nii.gz), any orientation and spacing, with or without skull")
+    p.add_argument("--out", required=True, help="output label map (.nii.gz) on the input's own grid")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--tta", action="store_true", help="test-time mirroring (slower; off by default)")
+    p.add_argument("--allow-thick-slices", action="store_true",
+                   help="segment images with slices of 5 mm or more anyway (the JSON then carries a warning)")
+    p.add_argument("--progress", action="store_true", help="PROGRESS stage=segment step=i/n lines on stderr")
+    p.add_argument("--models", help="folder holding model bundles (default: bundled, or $VENTRICLESYNTH_MODELS)")
+    p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("check", help="validate an image (and label map); print geometry and volumes as JSON")
     p.add_argument("image")

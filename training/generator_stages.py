@@ -7,7 +7,6 @@ LDM stages then export a verified model bundle to WORK/bundles/{mask,image}_gene
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,10 +21,13 @@ from VentricleSynthLib import bundle as bundles
 from VentricleSynthLib.labels import LABELS, NUM_CLASSES, SCHEMA
 from VentricleSynthLib.networks import condition, ddpm, image_autoencoder, image_unet, mask_autoencoder, mask_unet
 
+from .provenance import git_commit
 from .cohort_data import Cases, load_cases, random_patch
 from .trainer import Run, TrainingError, init_distributed, is_main, seed_all, training_device, wrap_ddp
 
 BUNDLE_VERSION = "0.1.0"
+MASK_TITLE = "Mask generator: volume-conditioned label-map latent diffusion model (classifier-free guidance)"
+IMAGE_TITLE = "Image generator: SPADE latent diffusion model, label map -> T1-like MRI"
 
 
 def _kl(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
@@ -36,15 +38,6 @@ def _kl(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
 def _one_hot_t(indices: np.ndarray, device) -> torch.Tensor:
     idx = torch.from_numpy(indices.astype(np.int64)).to(device)
     return F.one_hot(idx, NUM_CLASSES).movedim(-1, 1).float()
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except OSError:
-        return None
 
 
 def _gen_config(config: dict) -> dict:
@@ -263,17 +256,38 @@ def _bundle_config(name: str, config: dict, arch: dict, gen: dict, scale_factor:
         "provenance": {
             "data": {"datasets": gen["datasets"], "cases": len(cases), "config": Path(config["path"]).name},
             "steps": stage_seconds,
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
         **extra,
     }
 
 
-def _write_card(folder: Path, title: str, config: dict) -> None:
-    text = (f"# {title}\n\nTrained with `python training/train.py` at the `{config['profile_obj'].name}` profile. "
-            "Measured metrics are added by the calibration stage.\n")
-    (folder / "card.md").write_text(text)
+def write_card(folder: Path, title: str) -> None:
+    """card.md from the bundle's own config: what it is, data, training; the calibrate stage adds the
+    measured sections."""
+    config = bundles.read_config(folder)
+    prov = config["provenance"]
+    steps = "; ".join(f"`{stage}` {v.get('steps')} steps, {v.get('seconds', 0) / 60:.0f} min"
+                      for stage, v in prov["steps"].items())
+    profile = config["profile"]
+    lines = [
+        f"# {title}", "",
+        f"- Profile `{profile['name']}`: {profile['spacing']} mm, shape {profile['shape']}; latent "
+        f"{config['latent_shape']} (scale {config['scale_factor']:.4f}, per-channel shift stored).",
+        f"- Architecture (MONAI): `{json.dumps(config['architecture'])}`.",
+        f"- Scheduler: `{json.dumps(config['scheduler'])}`; sampling defaults `{json.dumps(config.get('sampling', {}))}`.",
+        f"- Data: {prov['data']['cases']} training cases of {', '.join(prov['data']['datasets'])} "
+        f"(config `{prov['data']['config']}`), the offline template cohort.",
+        f"- Training on the CPU (2 cores, 1 thread per stage): {steps}. Git commit `{prov.get('git_commit')}`.",
+        f"- Reproduce: `python training/train.py data --config {profile['name']} --work W`, then the stages above "
+        f"with the same config, then `python training/train.py calibrate --config {profile['name']} --work W`.",
+    ]
+    if "volume_normalisation" in config:
+        norm = config["volume_normalisation"]
+        lines.append(f"- Volume condition: {norm['quantity']}, min–max normalised over "
+                     f"{norm['min_ml']:.1f}–{norm['max_ml']:.1f} mL (the trained range).")
+    (folder / "card.md").write_text("\n".join(lines) + "\n")
     bundles.write_manifest(folder)
 
 
@@ -332,7 +346,7 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
              "sampling": gen["mask_ldm"].get("sampling", {"guidance": 4.0, "steps": 50})})
         out = bundles.save_bundle(work / "bundles" / "mask_generator", bundle_config,
                                   {"autoencoder": autoencoder, "unet": final})
-        _write_card(out, "Mask generator (volume-conditioned label-map LDM)", config)
+        write_card(out, MASK_TITLE)
         summary["bundle"] = str(out)
     return summary
 
@@ -386,7 +400,7 @@ def train_image_ldm(config: dict, work: Path, resume: bool = False) -> dict:
             {"sampling": gen["image_ldm"].get("sampling", {"steps": 50})})
         out = bundles.save_bundle(work / "bundles" / "image_generator", bundle_config,
                                   {"autoencoder": autoencoder, "unet": final})
-        _write_card(out, "Image generator (SPADE LDM: label map -> T1-like MRI)", config)
+        write_card(out, IMAGE_TITLE)
         summary["bundle"] = str(out)
     return summary
 

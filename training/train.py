@@ -3,6 +3,8 @@
 Stages: `data` (template cohort, or `--source DIR` to import the user's own labelled data);
 `mask-ae`, `mask-ldm`, `image-ae`, `image-ldm` (the two latent diffusion models; the LDM stages
 export model bundles to WORK/bundles/).
+`segmenter` (nnU-Net v2 ventricle segmenter -> WORK/bundles/segmenter), `evaluate` (score prediction
+sets against references), `experiment` (the paper's real/augmented/synthetic/atlas comparison).
 User errors print one `error: …` line and exit non-zero.
 """
 
@@ -67,7 +69,39 @@ def _stage_calibrate(args, config) -> int:
     return 0
 
 
-STAGES = {"data": _stage_data, "calibrate": _stage_calibrate, **{n: _generator_stage(n) for n in ("mask-ae", "mask-ldm", "image-ae", "image-ldm")}}
+def _stage_segmenter(args, config) -> int:
+    from training import segmenter_stage
+
+    summary = segmenter_stage.run(config, args.work, resume=args.resume, synthetic=args.synthetic)
+    print(f"segmenter: {summary}")
+    return 0
+
+
+def _stage_evaluate(args, config) -> int:
+    from training import evaluate
+
+    if not args.pred or args.ref is None or args.out is None:
+        raise evaluate.DatasetError("evaluate needs --pred DIR (one or more), --ref DIR and --out DIR")
+    summaries = evaluate.run(args.pred, args.ref, args.out, pred_mappings=args.pred_mapping,
+                             ref_mapping=args.ref_mapping)
+    for name, s in summaries.items():
+        print(f"evaluate: {name}: n={s['n']} Dice {s['dice_mean']:.3f} MAE {s['abs_dv_ml_mean']:.2f} mL "
+              f"bias {s['signed_dv_ml_mean']:+.2f} mL HD95 {s['hd95_mm_mean']:.2f} mm")
+    print(f"evaluate: report -> {args.out / 'report.md'}")
+    return 0
+
+
+def _stage_experiment(args, config) -> int:
+    from training import experiment
+
+    result = experiment.run(config, args.work, resume=args.resume, synthetic_from=args.synthetic_from,
+                            models=args.models)
+    print(f"experiment: table -> {result['report']}")
+    return 0
+
+
+STAGES = {"data": _stage_data, "calibrate": _stage_calibrate, **{n: _generator_stage(n) for n in ("mask-ae", "mask-ldm", "image-ae", "image-ldm")},
+          "segmenter": _stage_segmenter, "evaluate": _stage_evaluate, "experiment": _stage_experiment}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--images", help="image pattern under --source with one {case}, e.g. '{case}/mri/T1.nii.gz'")
     data.add_argument("--labels", help="label pattern under --source with one {case}, e.g. '{case}/mri/aseg.nii.gz'")
     data.add_argument("--mapping", help="label convention of --source: freesurfer (default), cerebra, or a CSV")
+    seg = parser.add_argument_group("segmenter and experiment stages")
+    seg.add_argument("--synthetic", type=Path,
+                     help="segmenter: also train on these synthetic pairs (sample_*/ folders or an nnU-Net raw dataset)")
+    seg.add_argument("--synthetic-from", type=Path,
+                     help="experiment: pre-made synthetic pairs instead of sampling the generator bundles")
+    ev = parser.add_argument_group("evaluate stage")
+    ev.add_argument("--pred", action="append", help="[NAME=]DIR of predicted label maps; repeat to compare sets")
+    ev.add_argument("--ref", type=Path, help="DIR of reference label maps (or an nnU-Net raw dataset)")
+    ev.add_argument("--out", type=Path, help="DIR for the CSVs, plots and report.md")
+    ev.add_argument("--pred-mapping", action="append",
+                    help="label convention of --pred: freesurfer (default), cerebra or a CSV; once, or once per --pred")
+    ev.add_argument("--ref-mapping", help="label convention of --ref (default freesurfer, or the dataset.json table)")
     return parser
 
 

@@ -1,0 +1,117 @@
+"""Stage `experiment` end to end at a reduced tiny scale.
+
+No generator bundles are trained here (that is the generators' own tests' job): the synthetic arms use
+`--synthetic-from` with pre-made pairs (the cohort's `uniform` cases, which have the uniform volume
+spread of the paper's synthetic set). A second test checks that, without generator bundles and without
+`--synthetic-from`, the synthetic arms are skipped and the report says why. The segmenters train for a
+few iterations only, so their scores are meaningless; the test checks that every arm ran, that the
+table and plots exist, and that the table's numbers are the ones computed from the written predictions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from training import evaluate as ev
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _config(path: Path, **experiment) -> Path:
+    config = yaml.safe_load((REPO / "training" / "configs" / "tiny.yaml").read_text())
+    config["data"].update({"workers": 1, "natural": {"count": 8, "val_fraction": 0.25},
+                           "enlarged": {"count": 3, "low_ml": 60, "high_ml": 150},
+                           "uniform": {"count": 6, "low_ml": 8, "high_ml": 150}})
+    config["experiment"] = {**config.get("experiment", {}), **experiment}
+    config["experiment"]["segmenter"] = {"trainer": {"epochs": 1, "iterations_per_epoch": 2,
+                                                     "val_iterations_per_epoch": 1, "checkpoint_every": 1}}
+    config["experiment"]["registration"] = {"affine_iterations": 30, "demons_iterations": 20}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _run(*args, timeout=3600):
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("nnUNet_def_n_proc", "1")
+    env.setdefault("nnUNet_n_proc_DA", "0")
+    return subprocess.run([sys.executable, str(REPO / "training" / "train.py"), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_experiment_end_to_end_with_premade_synthetic_pairs(tmp_path):
+    work = tmp_path / "w"
+    config = _config(tmp_path / "tiny_reduced.yaml")
+    done = _run("data", "--config", config, "--work", work, "--distributions", "uniform")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = _run("experiment", "--config", config, "--work", work, "--synthetic-from", work / "data" / "uniform")
+    assert done.returncode == 0, done.stderr[-4000:] + done.stdout[-2000:]
+    report_dir = work / "experiment" / "report"
+    report = (report_dir / "report.md").read_text()
+    assert "MAE ventricular volume (mL)" in report and "Dice" in report
+    for arm in ("real", "augmented", "synthetic", "atlas"):
+        assert f"| {arm} | 3 |" in report, report
+        assert (report_dir / f"per_case_{arm}.csv").is_file()
+    for png in ("bland_altman.png", "volume_scatter.png", "volumes_by_case.png"):
+        assert (report_dir / png).stat().st_size > 1000
+    record = json.loads((report_dir / "experiment.json").read_text())
+    assert record["arms"]["real"]["cases"] == 8
+    assert record["arms"]["synthetic"]["cases"] == 6 and record["arms"]["augmented"]["cases"] == 14
+    # the table is computed from the written predictions and the hold-out references
+    holdout = work / "data" / "enlarged"
+    refs = ev.discover(holdout)
+    for arm in ("real", "atlas"):
+        with open(report_dir / f"per_case_{arm}.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == 3
+        for row in rows:
+            pred = ev.load_labels(work / "experiment" / "predictions" / arm / f"{row['case']}.nii.gz")
+            m = ev.compare(pred, refs[row["case"]](), row["case"])
+            assert float(row["dice"]) == pytest.approx(m["dice"], abs=1e-4)
+            assert float(row["ref_ml"]) == pytest.approx(m["ref_ml"], abs=1e-3)
+            assert float(row["pred_ml"]) == pytest.approx(m["pred_ml"], abs=1e-3)
+    summary = json.loads((report_dir / "summary.json").read_text())["sets"]
+    # the registration baseline really registers: it overlaps the enlarged ventricles
+    assert summary["atlas"]["dice_mean"] > 0.2
+    atlas = [ev.load_labels(p).array for p in sorted((work / "experiment" / "predictions" / "atlas").glob("*.nii.gz"))]
+    assert len(atlas) == 3 and not all(np.array_equal(atlas[0], a) for a in atlas[1:])
+    # every arm got its own nnU-Net dataset and bundle
+    for arm in ("real", "augmented", "synthetic"):
+        assert (work / "experiment" / arm / "bundle" / "manifest.json").is_file()
+
+
+def test_synthetic_arms_are_skipped_without_generators(tmp_path, monkeypatch):
+    from training import experiment
+    from training.config import load_config
+
+    work = tmp_path / "w"
+    config = load_config(str(_config(tmp_path / "c.yaml", arms=["augmented", "synthetic"], atlas=False)))
+    monkeypatch.setenv("VENTRICLESYNTH_MODELS", str(tmp_path / "no_models"))
+    messages = []
+    result = experiment.run(config, work, progress=messages.append)
+    assert any("skipped" in m and "no generator bundles" in m for m in messages)
+    report = Path(result["report"]).read_text()
+    assert "| augmented | – | skipped: no generator bundles" in report
+    assert "| synthetic | – | skipped: no generator bundles" in report
+    root, why = experiment.find_generators(config, work, None)
+    assert root is None and "mask_generator" in why
+
+
+def test_uniform_targets_follow_the_papers_buckets():
+    from training.experiment import uniform_targets
+
+    t = uniform_targets(200, 10.0, 110.0, np.random.default_rng(0))
+    u = (t - 10.0) / 100.0
+    counts = np.histogram(u, bins=10, range=(0, 1))[0]
+    assert counts.min() == counts.max() == 20  # ten buckets of 20, jitter ±0.05 stays inside each bucket
+    assert 10.0 <= t.min() and t.max() <= 110.0
