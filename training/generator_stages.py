@@ -307,9 +307,14 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
     # Condition on the ventricle volume of each latent's *decoding*, not of the original label map: the
     # autoencoder's systematic volume bias then never reaches the user (asked mL = decoded mL).
     decoded_ml = _decoded_ventricle_ml(autoencoder, latents, cases, device)
+    true_span = float(np.ptp(cases.ventricle_ml))
+    if np.ptp(decoded_ml) >= 0.5 * true_span:
+        condition_ml, quantity = decoded_ml, "ventricle_ml of the autoencoder's decoding of each case"
+    else:  # an autoencoder too poor to reproduce the ventricles (e.g. the tiny test profile)
+        condition_ml, quantity = cases.ventricle_ml, "ventricle_ml of the label maps (decodings too poor to use)"
     latents, shift, scale_factor = _standardise(latents)
-    v_min, v_max = float(decoded_ml.min()), float(decoded_ml.max())
-    v_norm = torch.from_numpy((decoded_ml - v_min) / max(v_max - v_min, 1e-6))
+    v_min, v_max = float(condition_ml.min()), float(condition_ml.max())
+    v_norm = torch.from_numpy((condition_ml - v_min) / max(v_max - v_min, 1e-6))
     unet = mask_unet(gen["mask_ldm"]["arch"], ae_arch["latent_channels"]).to(device)
     ddp = wrap_ddp(unet)
     opt = torch.optim.Adam(unet.parameters(), lr=float(train["lr"]))
@@ -339,8 +344,7 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
         bundle_config = _bundle_config(
             "mask_generator", config, arch, gen, scale_factor, shift, latents.shape[1:], cases,
             {"mask-ae": _stage_steps(work / "mask-ae"), "mask-ldm": _stage_steps(folder)},
-            {"volume_normalisation": {"min_ml": v_min, "max_ml": v_max,
-                                      "quantity": "ventricle_ml of the autoencoder's decoding of each case",
+            {"volume_normalisation": {"min_ml": v_min, "max_ml": v_max, "quantity": quantity,
                                       "decoded_minus_true_ml_mean": float(np.mean(decoded_ml - cases.ventricle_ml))},
              "conditioning": {"context": "[volume_norm, flag]", "null_token": [0.0, 0.0], "drop_probability": drop},
              "sampling": gen["mask_ldm"].get("sampling", {"guidance": 4.0, "steps": 50})})
