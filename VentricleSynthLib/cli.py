@@ -8,11 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-from pathlib import Path
 
 from . import __version__
-from .errors import OutputError, RequestError, VentricleSynthError
+from .errors import RequestError, VentricleSynthError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,22 +64,10 @@ def _cmd_check(args) -> int:
     return 0
 
 
-def _writable_dir(path: str) -> Path:
-    """Create `path` if needed and prove it writable before any work starts (no partial output)."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test."):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
-    return out
-
-
 def _cmd_generate(args) -> int:
     from .generators import ImageGenerator, MaskGenerator, generate_pair
     from .model_store import IMAGE, MASK, bundle_path
-    from .samples import write_sample
+    from .samples import writable_dir, write_sample
 
     if args.count < 1:
         raise RequestError(f"--count must be >= 1, got {args.count}")
@@ -90,7 +76,7 @@ def _cmd_generate(args) -> int:
     steps = mask.sampling["steps"] if args.steps is None else args.steps
     mask.check_request(args.ventricle_ml, guidance, steps)
     image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
-    out = _writable_dir(args.out)
+    out = writable_dir(args.out)
     for k in range(args.count):  # steps=None: each bundle's own default
         pair = generate_pair(mask, image, args.ventricle_ml, guidance, args.steps, seed=args.seed + k)
         folder = write_sample(out, k, pair.image, pair.label, pair.affine, pair.record)

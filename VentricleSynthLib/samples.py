@@ -14,8 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import OutputError
 from .labels import ventricle_mask
 from .nifti import Volume, save_volume
+
+
+def writable_dir(path) -> Path:
+    """Create `path` if needed and prove it writable before any work starts (no partial output)."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test."):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+    return out.resolve()
 
 
 def write_preview(image: np.ndarray, label: np.ndarray, path: Path, title: str) -> None:

@@ -25,14 +25,13 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from pathlib import Path
 
 from . import __version__
-from .errors import OutputError, RequestError, VentricleSynthError
+from .errors import RequestError, VentricleSynthError
 from .worker_protocol import (EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_USER_ERROR,
                               OUT_OF_MEMORY_HINT,
                               format_plan, format_progress, format_result, format_started)
@@ -165,17 +164,6 @@ def _watch_stdin() -> None:
 
 
 # --------------------------------------------------------------------------------------- helpers
-def _writable_dir(path: str) -> Path:
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test."):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
-    return out.resolve()
-
-
 def _set_threads(threads: int | None) -> None:
     if threads is None:
         return
@@ -212,7 +200,7 @@ def _generate(args) -> int:
     emit("loading the generators ...")
     from .generators import ImageGenerator, MaskGenerator, generate_pair
     from .model_store import IMAGE, MASK, bundle_path
-    from .samples import write_sample
+    from .samples import writable_dir, write_sample
 
     mask = MaskGenerator(bundle_path(MASK, args.models), args.device)
     guidance = float(mask.sampling["guidance"] if args.guidance is None else args.guidance)
@@ -220,7 +208,7 @@ def _generate(args) -> int:
     mask.check_request(args.ventricle_ml, guidance, mask_steps)
     image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
     image_steps = int(image.sampling["steps"] if args.steps is None else args.steps)
-    out = _writable_dir(args.out)
+    out = writable_dir(args.out)
     if mask.device.type == "cpu":
         _warning_line("running on the CPU: slower than a GPU; the progress line shows the time left")
     emit(f"device {mask.device}; ventricle volume {args.ventricle_ml:g} mL; guidance {guidance:g}; "
@@ -268,12 +256,13 @@ def _call_segmenter(segment_file, image_path: Path, label_path: Path, args, prog
 
 def _segment(args) -> int:
     from .nifti import check_same_grid, load_image, load_label_map
+    from .samples import writable_dir
     from .volumes import volume_report
 
     start = time.perf_counter()
     image_path = Path(args.input).resolve()
     image = load_image(image_path)  # InvalidImageError (exit 2) for anything that is not a 3-D NIfTI
-    out = _writable_dir(args.out)
+    out = writable_dir(args.out)
     try:
         from . import segmenter
     except ModuleNotFoundError as exc:
