@@ -237,3 +237,27 @@ def test_paper_config_builds_the_authors_architecture_sizes():
     assert parameter_count(m_unet) == 553_112_579
     assert parameter_count(img_ae) == 20_019_909
     assert parameter_count(i_unet) == 224_322_310
+
+
+def test_volume_channels_carry_the_condition_into_every_voxel():
+    """`volume_channels: 2`: [v, flag] as constant input channels; the null token gives zeros; the UNet's
+    prediction changes with the asked volume (it would not if the channels were dropped)."""
+    from VentricleSynthLib.networks import condition, mask_unet_input
+
+    torch.manual_seed(0)
+    arch = {"channels": [8, 16, 16], "num_res_blocks": 1, "attention_levels": [False, False, True],
+            "norm_num_groups": 8, "num_head_channels": 8, "volume_channels": 2}
+    unet = mask_unet(arch, 3).eval()
+    assert unet.conv_in.conv.in_channels == 5
+    z = torch.randn(1, 3, 8, 8, 8).repeat(3, 1, 1, 1, 1)
+    context = condition(torch.tensor([0.2, 0.9, 0.9]), keep=torch.tensor([True, True, False]))
+    x = mask_unet_input(z, context, arch)
+    assert x.shape == (3, 5, 8, 8, 8)
+    assert torch.all(x[0, 3] == 0.2) and torch.all(x[1, 3] == 0.9) and torch.all(x[:2, 4] == 1)
+    assert torch.all(x[2, 3:] == 0)
+    assert torch.equal(mask_unet_input(z, context, {**arch, "volume_channels": 0}), z)
+    with torch.no_grad():
+        out = unet(x, torch.tensor([500, 500, 500]), context=context)
+    assert (out[0] - out[1]).abs().mean() > 1e-4 and (out[1] - out[2]).abs().mean() > 1e-4
+    with pytest.raises(ValueError, match="volume_channels"):
+        mask_unet({**arch, "volume_channels": 1}, 3)

@@ -64,11 +64,19 @@ def _cmd_check(args) -> int:
     return 0
 
 
+_COHORT_OPTIONS = ("distribution", "format", "shard", "batch_size", "qc_min_dice")
+
+
 def _cmd_generate(args) -> int:
+    if any(getattr(args, k) is not None for k in _COHORT_OPTIONS):
+        return _generate_cohort(args)
     from .generators import ImageGenerator, MaskGenerator, generate_pair
     from .model_store import IMAGE, MASK, bundle_path
     from .samples import writable_dir, write_sample
 
+    if args.ventricle_ml is None:
+        raise RequestError("generate needs --ventricle-ml V (samples of one volume) or --distribution SPEC (a cohort)")
+    args.count = 1 if args.count is None else args.count
     if args.count < 1:
         raise RequestError(f"--count must be >= 1, got {args.count}")
     mask = MaskGenerator(bundle_path(MASK, args.models), args.device)
@@ -82,6 +90,23 @@ def _cmd_generate(args) -> int:
         folder = write_sample(out, k, pair.image, pair.label, pair.affine, pair.record)
         print(json.dumps({"sample": str(folder), **{key: pair.record[key] for key in
                                                     ("asked_ml", "got_ml", "seed", "seconds")}}), flush=True)
+    return 0
+
+
+def _generate_cohort(args) -> int:
+    """`generate --distribution SPEC [--format nnunet] …`: a synthetic cohort (cohort_synthesis)."""
+    from .cohort_synthesis import CohortRequest, synthesize
+
+    if args.distribution is not None and args.ventricle_ml is not None:
+        raise RequestError("give either --ventricle-ml (one volume) or --distribution (a cohort), not both")
+    if args.distribution is None and args.ventricle_ml is None:
+        raise RequestError("generate needs --ventricle-ml V or --distribution SPEC")
+    spec = args.distribution if args.distribution is not None else f"list:{args.ventricle_ml!r}"
+    count = args.count if args.count is not None or args.distribution is not None else 1
+    synthesize(CohortRequest(
+        out=args.out, distribution=spec, count=count, seed=args.seed, guidance=args.guidance, steps=args.steps,
+        format=args.format or "samples", shard=args.shard, batch_size=args.batch_size, qc_min_dice=args.qc_min_dice,
+        device=args.device, models=args.models, progress=not args.no_progress), log=lambda line: print(line, flush=True))
     return 0
 
 
@@ -107,15 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--models", help="folder holding model bundles (default: bundled, or $VENTRICLESYNTH_MODELS)")
 
-    p = sub.add_parser("generate", help="generate labelled synthetic MRI pairs with a requested ventricle volume")
-    p.add_argument("--ventricle-ml", type=float, required=True, help="requested ventricular volume in mL")
+    p = sub.add_parser("generate", help="generate labelled synthetic MRI pairs with a requested ventricle volume, "
+                                         "or a whole cohort (--distribution)")
+    p.add_argument("--ventricle-ml", type=float, help="requested ventricular volume in mL")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
     p.add_argument("--steps", type=int, help="DDIM steps per stage (default: the bundle's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample k uses seed+k")
-    p.add_argument("--count", type=int, default=1, help="number of samples")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the first sample; sample k uses seed+k (a cohort: the base seed, hashed with k)")
+    p.add_argument("--count", type=int, help="number of samples (default 1; a cohort from a list: its length)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--out", required=True, help="output folder; samples go to OUT/sample_000, ...")
     p.add_argument("--models", help="folder holding model bundles (default: bundled, or $VENTRICLESYNTH_MODELS)")
+    cohort = p.add_argument_group("synthetic cohorts (any of these makes a restartable cohort with QC and a report)")
+    cohort.add_argument("--distribution", help="ventricle volumes: uniform[:LO-HI], buckets[:LO-HI], "
+                                               "match:CASES.csv or list:V1,V2,... (mL)")
+    cohort.add_argument("--format", choices=["samples", "nnunet"],
+                        help="samples: OUT/sample_*/ (default); nnunet: an nnU-Net v2 raw dataset")
+    cohort.add_argument("--shard", help="i/N: generate only this process's share (torchrun sets it by itself)")
+    cohort.add_argument("--batch-size", type=int, help="samples per sampling batch (default 8 on CUDA, else 1)")
+    cohort.add_argument("--qc-min-dice", type=float,
+                        help="keep only samples whose label-fidelity Dice reaches this (0..1); others go to rejected/")
+    cohort.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("segment", help="segment the ventricles of a T1 MRI; print the volumes as one JSON line")

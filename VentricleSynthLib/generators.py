@@ -18,7 +18,7 @@ from . import bundle as bundles
 from .devices import resolve_device
 from .errors import RequestError
 from .labels import from_indices, one_hot, to_indices
-from .networks import condition, ddim, image_autoencoder, image_unet, mask_autoencoder, mask_unet
+from .networks import condition, ddim, mask_unet_input, image_autoencoder, image_unet, mask_autoencoder, mask_unet
 from .volumes import tiv_ml, ventricle_volume_ml
 
 Progress = Callable[[str, int, int], None]
@@ -73,6 +73,7 @@ class MaskGenerator(_LatentDiffusion):
         arch = self.config["architecture"]
         self.autoencoder = self._load(mask_autoencoder(arch["autoencoder"]), "autoencoder")
         self.unet = self._load(mask_unet(arch["unet"], arch["autoencoder"]["latent_channels"]), "unet")
+        self.unet_arch = arch["unet"]
         norm = self.config["volume_normalisation"]
         self.v_min, self.v_max = float(norm["min_ml"]), float(norm["max_ml"])
         self.sampling = self.config.get("sampling", {"guidance": 4.0, "steps": 50})
@@ -107,7 +108,8 @@ class MaskGenerator(_LatentDiffusion):
         context = torch.cat([condition(v), condition(v, keep=torch.zeros(1, device=self.device))])
 
         def denoise(z, t):
-            eps_c, eps_u = self.unet(torch.cat([z, z]), torch.cat([t, t]), context=context).chunk(2)
+            zz = mask_unet_input(torch.cat([z, z]), context, self.unet_arch)
+            eps_c, eps_u = self.unet(zz, torch.cat([t, t]), context=context).chunk(2)
             return eps_u + guidance * (eps_c - eps_u)
 
         z = self._denoise(denoise, steps, generator, "mask", progress)

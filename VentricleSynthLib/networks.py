@@ -2,7 +2,9 @@
 
 Mask LDM: AutoencoderKL on the one-hot label map (N classes in, N logits out) + DiffusionModelUNet
 with cross-attention on the context [volume, flag] (flag 0 = the null token of classifier-free
-guidance). Image LDM: SPADEAutoencoderKL + SPADEDiffusionModelUNet, both given the one-hot map.
+guidance). With `volume_channels: 2` in the UNet's kwargs the same two numbers are also given as
+constant input channels, which every convolution sees (a much stronger condition than one
+cross-attention token at the lowest resolution). Image LDM: SPADEAutoencoderKL + SPADEDiffusionModelUNet, both given the one-hot map.
 """
 
 from __future__ import annotations
@@ -23,8 +25,20 @@ def mask_autoencoder(kwargs: dict, num_classes: int = NUM_CLASSES) -> Autoencode
 
 
 def mask_unet(kwargs: dict, latent_channels: int) -> DiffusionModelUNet:
-    return DiffusionModelUNet(spatial_dims=3, in_channels=latent_channels, out_channels=latent_channels,
+    kwargs = dict(kwargs)
+    extra = int(kwargs.pop("volume_channels", 0))
+    if extra not in (0, 2):
+        raise ValueError(f"volume_channels must be 0 or 2, got {extra}")
+    return DiffusionModelUNet(spatial_dims=3, in_channels=latent_channels + extra, out_channels=latent_channels,
                               with_conditioning=True, cross_attention_dim=2, **_kw(kwargs))
+
+
+def mask_unet_input(z: torch.Tensor, context: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The mask UNet's input: the latents, plus the context as constant channels when the arch asks."""
+    if not int(kwargs.get("volume_channels", 0)):
+        return z
+    maps = context[:, 0, :, None, None, None].to(z.dtype).expand(-1, -1, *z.shape[2:])
+    return torch.cat([z, maps], dim=1)
 
 
 def image_autoencoder(kwargs: dict, num_classes: int = NUM_CLASSES) -> SPADEAutoencoderKL:

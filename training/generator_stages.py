@@ -7,6 +7,7 @@ LDM stages then export a verified model bundle to WORK/bundles/{mask,image}_gene
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from VentricleSynthLib import bundle as bundles
 from VentricleSynthLib.labels import LABELS, NUM_CLASSES, SCHEMA
-from VentricleSynthLib.networks import condition, ddpm, image_autoencoder, image_unet, mask_autoencoder, mask_unet
+from VentricleSynthLib.networks import condition, ddpm, mask_unet_input, image_autoencoder, image_unet, mask_autoencoder, mask_unet
 
 from .provenance import git_commit
 from .cohort_data import Cases, load_cases, random_patch
@@ -205,6 +206,29 @@ def _encode_all(encode, cases: Cases, device, batch: int = 2) -> torch.Tensor:
     return torch.cat(latents)
 
 
+def _cached(path: Path, inputs: list[Path], cases: Cases, compute):
+    """compute() -> tensors, reused from `path` while the input files and the case list are unchanged
+    (encoding and decoding the whole cohort takes minutes on CPU; a resumed run need not repeat it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in inputs:
+        digest.update(Path(file).read_bytes())
+    digest.update("\n".join(cases.names).encode())
+    key = digest.hexdigest()
+    if path.is_file():
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        if stored.get("key") == key:
+            return tuple(stored["tensors"])
+    tensors = compute()
+    if is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"key": key, "tensors": list(tensors)}, tmp)
+        os.replace(tmp, path)
+    return tensors
+
+
 def _standardise(latents: torch.Tensor) -> tuple[torch.Tensor, list[float], float]:
     """Per-channel mean removed, then one global scale (1/std). Diffusion from pure noise cannot recover a
     large per-channel offset of the latents (measured: the first mask LDM produced 170-380 mL whatever was
@@ -303,10 +327,15 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
     if ae_arch is None:
         raise TrainingError(f"{ae_folder} has no trained autoencoder: run the `mask-ae` stage first")
     autoencoder = _load_module(mask_autoencoder(ae_arch), ae_folder, "autoencoder", "mask-ae").to(device).eval()
-    latents = _encode_all(lambda sl: autoencoder.encode(_one_hot_t(cases.indices[sl], device))[0], cases, device)
-    # Condition on the ventricle volume of each latent's *decoding*, not of the original label map: the
-    # autoencoder's systematic volume bias then never reaches the user (asked mL = decoded mL).
-    decoded_ml = _decoded_ventricle_ml(autoencoder, latents, cases, device)
+    def encode_and_measure():
+        latents = _encode_all(lambda sl: autoencoder.encode(_one_hot_t(cases.indices[sl], device))[0], cases, device)
+        # Condition on the ventricle volume of each latent's *decoding*, not of the original label map: the
+        # autoencoder's systematic volume bias then never reaches the user (asked mL = decoded mL).
+        return latents, torch.from_numpy(_decoded_ventricle_ml(autoencoder, latents, cases, device))
+
+    latents, decoded_ml = _cached(work / "mask-ldm" / "latents_cache.pt", [ae_folder / "autoencoder.safetensors"],
+                                  cases, encode_and_measure)
+    decoded_ml = decoded_ml.numpy()
     true_span = float(np.ptp(cases.ventricle_ml))
     if np.ptp(decoded_ml) >= 0.5 * true_span:
         condition_ml, quantity = decoded_ml, "ventricle_ml of the autoencoder's decoding of each case"
@@ -315,7 +344,8 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
     latents, shift, scale_factor = _standardise(latents)
     v_min, v_max = float(condition_ml.min()), float(condition_ml.max())
     v_norm = torch.from_numpy((condition_ml - v_min) / max(v_max - v_min, 1e-6))
-    unet = mask_unet(gen["mask_ldm"]["arch"], ae_arch["latent_channels"]).to(device)
+    unet_arch = gen["mask_ldm"]["arch"]
+    unet = mask_unet(unet_arch, ae_arch["latent_channels"]).to(device)
     ddp = wrap_ddp(unet)
     opt = torch.optim.Adam(unet.parameters(), lr=float(train["lr"]))
     ema = _ema(unet, train.get("ema_decay"))
@@ -324,7 +354,8 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
 
     def unet_call(noisy, t, picks):
         keep = torch.rand(len(picks), device=device) >= drop
-        return ddp(noisy, t, context=condition(v_norm[picks].to(device), keep=keep))
+        context = condition(v_norm[picks].to(device), keep=keep)
+        return ddp(mask_unet_input(noisy, context, unet_arch), t, context=context)
 
     def step(_, rng):
         picks = torch.from_numpy(rng.integers(0, len(cases), int(train["batch_size"])))
@@ -346,7 +377,8 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
             {"mask-ae": _stage_steps(work / "mask-ae"), "mask-ldm": _stage_steps(folder)},
             {"volume_normalisation": {"min_ml": v_min, "max_ml": v_max, "quantity": quantity,
                                       "decoded_minus_true_ml_mean": float(np.mean(decoded_ml - cases.ventricle_ml))},
-             "conditioning": {"context": "[volume_norm, flag]", "null_token": [0.0, 0.0], "drop_probability": drop},
+             "conditioning": {"context": "[volume_norm, flag]",
+                              "input_channels": "[volume_norm, flag]" if unet_arch.get("volume_channels") else "none", "null_token": [0.0, 0.0], "drop_probability": drop},
              "sampling": gen["mask_ldm"].get("sampling", {"guidance": 4.0, "steps": 50})})
         out = bundles.save_bundle(work / "bundles" / "mask_generator", bundle_config,
                                   {"autoencoder": autoencoder, "unet": final})

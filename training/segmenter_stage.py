@@ -398,7 +398,8 @@ def export_bundle(trained: Path, out: Path, seg: dict, profile: Profile, provena
         full = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
         init_args = {k: full["init_args"][k] for k in ("plans", "configuration", "fold", "dataset_json")}
         slim = {
-            "network_weights": {k: v.detach().cpu().contiguous() for k, v in full["network_weights"].items()},
+            # float16 on disk halves the bundle; load_state_dict copies them back into the float32 network
+            "network_weights": {k: _half(v.detach().cpu().contiguous()) for k, v in full["network_weights"].items()},
             "init_args": init_args,
             "trainer_name": EXPORT_TRAINER,
             "inference_allowed_mirroring_axes": tuple(int(a) for a in full["inference_allowed_mirroring_axes"])
@@ -432,6 +433,10 @@ def export_bundle(trained: Path, out: Path, seg: dict, profile: Profile, provena
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _half(tensor):
+    return tensor.half() if tensor.is_floating_point() else tensor
 
 
 def card_text(config: dict, metrics: dict) -> str:

@@ -2,7 +2,8 @@
 
 Stages: `data` (template cohort, or `--source DIR` to import the user's own labelled data);
 `mask-ae`, `mask-ldm`, `image-ae`, `image-ldm` (the two latent diffusion models; the LDM stages
-export model bundles to WORK/bundles/).
+export model bundles to WORK/bundles/). `synthesize` (a synthetic cohort with QC and a report ->
+WORK/synthetic/, an nnU-Net raw dataset; restartable, `--shard i/N` or torchrun to split it).
 `segmenter` (nnU-Net v2 ventricle segmenter -> WORK/bundles/segmenter), `evaluate` (score prediction
 sets against references), `experiment` (the paper's real/augmented/synthetic/atlas comparison).
 User errors print one `error: …` line and exit non-zero.
@@ -69,6 +70,17 @@ def _stage_calibrate(args, config) -> int:
     return 0
 
 
+def _stage_synthesize(args, config) -> int:
+    from training import synthesize_stage
+
+    synthesize_stage.run(config, args.work, models=args.models, out=args.out, shard=args.shard,
+                         overrides={"count": args.count, "distribution": args.distribution,
+                                    "qc_min_dice": args.qc_min_dice, "batch_size": args.batch_size,
+                                    "device": args.device},
+                         log=lambda line: print(line, flush=True))
+    return 0
+
+
 def _stage_segmenter(args, config) -> int:
     from training import segmenter_stage
 
@@ -101,7 +113,7 @@ def _stage_experiment(args, config) -> int:
 
 
 STAGES = {"data": _stage_data, "calibrate": _stage_calibrate, **{n: _generator_stage(n) for n in ("mask-ae", "mask-ldm", "image-ae", "image-ldm")},
-          "segmenter": _stage_segmenter, "evaluate": _stage_evaluate, "experiment": _stage_experiment}
+          "synthesize": _stage_synthesize, "segmenter": _stage_segmenter, "evaluate": _stage_evaluate, "experiment": _stage_experiment}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default="tiny", help="paper, cpu, tiny, or a YAML file")
     parser.add_argument("--work", type=Path, required=True, help="working folder for data, checkpoints, reports")
     parser.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint")
-    parser.add_argument("--models", type=Path, help="calibrate: folder with the bundles (default WORK/bundles)")
+    parser.add_argument("--models", type=Path,
+                        help="calibrate, synthesize: folder with the bundles (default WORK/bundles)")
     parser.add_argument("--image-samples", type=int, default=20, help="calibrate: pairs for the T1-contrast check")
     data = parser.add_argument_group("data stage")
     data.add_argument("--distributions", nargs="+", choices=["natural", "enlarged", "uniform"],
@@ -119,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--images", help="image pattern under --source with one {case}, e.g. '{case}/mri/T1.nii.gz'")
     data.add_argument("--labels", help="label pattern under --source with one {case}, e.g. '{case}/mri/aseg.nii.gz'")
     data.add_argument("--mapping", help="label convention of --source: freesurfer (default), cerebra, or a CSV")
+    syn = parser.add_argument_group("synthesize stage (overrides the config's synthesize: section)")
+    syn.add_argument("--count", type=int, help="number of samples")
+    syn.add_argument("--distribution", help="uniform[:LO-HI], buckets[:LO-HI], match:CASES.csv or list:V1,V2,... (mL)")
+    syn.add_argument("--shard", help="i/N: only this process's share of the samples (torchrun sets it by itself)")
+    syn.add_argument("--qc-min-dice", type=float, help="keep only samples with label-fidelity Dice >= this (0..1)")
+    syn.add_argument("--batch-size", type=int, help="samples per sampling batch (default 8 on CUDA, else 1)")
+    syn.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     seg = parser.add_argument_group("segmenter and experiment stages")
     seg.add_argument("--synthetic", type=Path,
                      help="segmenter: also train on these synthetic pairs (sample_*/ folders or an nnU-Net raw dataset)")
@@ -127,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = parser.add_argument_group("evaluate stage")
     ev.add_argument("--pred", action="append", help="[NAME=]DIR of predicted label maps; repeat to compare sets")
     ev.add_argument("--ref", type=Path, help="DIR of reference label maps (or an nnU-Net raw dataset)")
-    ev.add_argument("--out", type=Path, help="DIR for the CSVs, plots and report.md")
+    ev.add_argument("--out", type=Path, help="DIR for the CSVs, plots and report.md (synthesize: the cohort, "
+                                             "default WORK/synthetic)")
     ev.add_argument("--pred-mapping", action="append",
                     help="label convention of --pred: freesurfer (default), cerebra or a CSV; once, or once per --pred")
     ev.add_argument("--ref-mapping", help="label convention of --ref (default freesurfer, or the dataset.json table)")

@@ -1,0 +1,305 @@
+"""Synthetic cohorts at the tiny profile: distributions, a killed run that resumes, shards that agree with an
+unsharded run, QC and the cohort report, the segmenter stage trained on the output as is, and bad inputs.
+
+The module fixture trains tiny generator bundles and a tiny segmenter bundle for a few steps: the samples are
+meaningless images, so these tests check the machinery (seeds, files, records, resume, shards, QC plumbing),
+not quality. The acceptance numbers (Spearman >= 0.9, Dice >= 0.85) belong to the bundled cpu models.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from VentricleSynthLib.distributions import parse, sample_seed
+from VentricleSynthLib.errors import RequestError
+from VentricleSynthLib.labels import VENTRICLE_LABELS
+from VentricleSynthLib.nifti import load_image
+from VentricleSynthLib.nnunet_raw import load_case, read_dataset_json
+from VentricleSynthLib.overlap import dice
+from VentricleSynthLib.volumes import ventricle_volume_ml
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, str(REPO / "training" / "train.py")]
+CLI = [sys.executable, "-m", "VentricleSynthLib"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"}
+COUNT = 8
+TIMING = {"seconds", "generation_seconds", "qc_seconds"}
+pytestmark = pytest.mark.slow
+
+
+def _run(args, timeout=900, **kw):
+    return subprocess.run([*map(str, args)], capture_output=True, text=True, cwd=REPO, env=ENV, timeout=timeout, **kw)
+
+
+def _config(path: Path) -> Path:
+    """tiny, reduced: a small cohort, a few training steps per network, a two-iteration segmenter."""
+    config = yaml.safe_load((REPO / "training" / "configs" / "tiny.yaml").read_text())
+    config["data"].update({"workers": 1, "natural": {"count": 6, "val_fraction": 0.34},
+                           "enlarged": {"count": 0, "low_ml": 60, "high_ml": 150},
+                           "uniform": {"count": 0, "low_ml": 8, "high_ml": 150}})
+    config["generators"]["datasets"] = ["natural"]
+    for stage in ("mask_autoencoder", "mask_ldm", "image_autoencoder", "image_ldm"):
+        config["generators"][stage]["train"].update({"steps": 10, "checkpoint_every": 10})
+    config["segmenter"]["trainer"] = {"epochs": 1, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1,
+                                      "checkpoint_every": 1}
+    config["synthesize"] = {"count": COUNT, "distribution": "uniform", "seed": 6000, "steps": 2, "format": "nnunet"}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """WORK with the data, both generator bundles and a segmenter bundle (tiny, a few steps each)."""
+    work = tmp_path_factory.mktemp("synthwork")
+    config = _config(work / "tiny_synth.yaml")
+    for stage in ("data", "mask-ae", "mask-ldm", "image-ae", "image-ldm", "segmenter"):
+        done = _run(TRAIN + [stage, "--config", config, "--work", work], timeout=1800)
+        assert done.returncode == 0, f"{stage}: {done.stderr[-3000:]}"
+    return {"work": work, "config": config, "bundles": work / "bundles"}
+
+
+def _records(out: Path) -> dict[str, Path]:
+    return {p.stem: p for p in (out / "records").glob("synth_*.json")}
+
+
+@pytest.fixture(scope="module")
+def resumed(models):
+    """`train.py synthesize` SIGKILLed once 5 samples are complete, then run again to the end."""
+    out = models["work"] / "synthetic"
+    args = TRAIN + ["synthesize", "--config", models["config"], "--work", models["work"]]
+    proc = subprocess.Popen([*map(str, args)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 900
+    while len(_records(out)) < 5 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {err[-2000:]}"
+    before = {name: p.stat().st_mtime_ns for name, p in _records(out).items()}
+    assert 5 <= len(before) < COUNT
+    done = _run(args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"out": out, "before": before, "rerun": done}
+
+
+# --- no model needed -------------------------------------------------------------------------------------------
+
+def test_distributions_are_seeded_per_index_and_cover_the_range(tmp_path):
+    d = parse("uniform:20-140")
+    v = d.volumes(12, 3)
+    assert v.min() >= 20 and v.max() <= 140 and np.array_equal(v[:5], d.volumes(5, 3))  # independent of the count
+    assert np.histogram(v, bins=4, range=(20, 140))[0].min() >= 2  # low-discrepancy: every quarter is visited
+    assert not np.array_equal(v, d.volumes(12, 4))
+    b = parse("buckets").bind((8.0, 150.0))
+    assert b.spec == "buckets:8-150"
+    w = b.volumes(20, 0)
+    assert all(8 + k * 14.2 <= w[i] <= 8 + (k + 1) * 14.2 for i in range(20) for k in [i % 10])
+    assert list(parse("list:30,60").volumes(5, 0)) == [30, 60, 30, 60, 30] == list(parse("30, 60").volumes(5, 9))
+    csv_path = tmp_path / "cases.csv"
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case", "ventricle_ml"])
+        writer.writerows([[f"c{i}", x] for i, x in enumerate([10, 11, 12, 13, 14, 15, 100, 101])])
+    m = parse(f"match:{tmp_path}")
+    draws = m.volumes(40, 0)
+    assert 10 <= draws.min() and draws.max() <= 101 and np.mean(draws < 50) == pytest.approx(0.75, abs=0.1)
+    assert sample_seed(0, 1) != sample_seed(1, 0) and sample_seed(5, 7) == sample_seed(5, 7)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "empty"), ("gauss", "unknown distribution"), ("uniform:5", "range LO-HI"), ("uniform:140-20", "0 < LO < HI"),
+    ("list:1,x", "comma-separated"), ("list:-4", "positive"), ("match:", "needs a CSV"),
+    ("match:/no/such.csv", "no such CSV"),
+])
+def test_bad_distribution_specs_are_request_errors(spec, message):
+    with pytest.raises(RequestError, match=message):
+        parse(spec)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--distribution", "gauss:1-2", "--count", "2"], "unknown distribution"),
+    (["--distribution", "uniform:30-10", "--count", "2"], "0 < LO < HI"),
+    (["--distribution", "uniform", "--count", "2", "--qc-min-dice", "1.5"], "--qc-min-dice must be a number in 0..1"),
+    (["--distribution", "uniform", "--count", "2", "--shard", "2/2"], "--shard must be i/N"),
+    (["--distribution", "uniform"], "--count is needed"),
+    (["--distribution", "uniform", "--count", "0"], "--count must be >= 1"),
+    (["--distribution", "list:40", "--ventricle-ml", "40"], "either"),
+    (["--format", "nnunet"], "--ventricle-ml V or --distribution"),
+])
+def test_cli_bad_cohort_requests_print_one_error_line(tmp_path, extra, message):
+    out = tmp_path / "never"
+    done = _run(CLI + ["generate", *extra, "--models", tmp_path / "no_models", "--out", out], timeout=120)
+    assert done.returncode != 0 and not out.exists()
+    assert done.stderr.startswith("error:") and message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_synthesize_without_generators_is_a_clean_error(tmp_path):
+    done = _run(TRAIN + ["synthesize", "--config", "tiny", "--work", tmp_path / "w"], timeout=120)
+    assert done.returncode != 0 and done.stderr.startswith("error: no generator bundles")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+# --- with the tiny bundles ------------------------------------------------------------------------------------
+
+def test_killed_run_resumes_and_generates_only_the_missing_samples(resumed):
+    out, before, rerun = resumed["out"], resumed["before"], resumed["rerun"]
+    after = _records(out)
+    assert sorted(after) == [f"synth_{i:04d}" for i in range(COUNT)]
+    for name, mtime in before.items():  # the complete samples were not redone
+        assert after[name].stat().st_mtime_ns == mtime
+    lines = [json.loads(l) for l in rerun.stdout.splitlines() if l.startswith("{")]
+    assert sorted(l["case"] for l in lines) == sorted(set(after) - set(before))
+    summary = rerun.stdout.strip().splitlines()[-1]
+    assert summary.startswith(f"synthesize: {COUNT} of {COUNT} samples complete ({COUNT - len(before)} generated now, "
+                              f"{len(before)} already complete)") and "s per sample" in summary
+    assert re.search(rf"{COUNT}/{COUNT} \[[0-9:]+<", rerun.stderr)  # the progress bar, with its ETA
+    assert not (out / ".partial").exists() or not any((out / ".partial").iterdir())
+
+
+def test_cohort_is_an_nnunet_dataset_with_records_qc_and_report(resumed, models):
+    out = resumed["out"]
+    dataset = read_dataset_json(out)
+    assert dataset["numTraining"] == COUNT and dataset["freesurfer_labels"]["0"] == 0
+    with open(out / "cases.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == COUNT
+    assert {"asked_ml", "got_ml", "seed", "guidance", "steps", "seconds", "qc", "qc_dice"} <= set(rows[0])
+    run = json.loads((out / "synthesis.json").read_text())
+    lo, hi = (float(x) for x in run["distribution"].split(":")[1].split("-"))
+    from VentricleSynthLib.segmenter import Segmenter
+
+    seg = Segmenter(models["bundles"] / "segmenter", device="cpu")
+    for r in rows:
+        index = int(r["index"])
+        assert lo <= float(r["asked_ml"]) <= hi and int(r["seed"]) == sample_seed(6000, index)
+        assert float(r["guidance"]) == 2.0 and int(r["steps"]) == 2 and r["qc"]
+        image, label = load_case(out, r["case"], dataset)
+        assert float(r["got_ml"]) == pytest.approx(ventricle_volume_ml(label.array, label.affine), abs=1e-2)
+        if index < 2:  # label fidelity is the segmenter's Dice on the written image, recomputed here
+            predicted = seg.predict_profile(image.array)
+            d = dice(np.isin(predicted, VENTRICLE_LABELS), np.isin(label.array, VENTRICLE_LABELS))
+            assert float(r["qc_dice"]) == pytest.approx(d, abs=1e-4)
+    report = (out / "report" / "report.md").read_text()
+    assert "median label-fidelity Dice" in report and "Spearman" in report and "SYNTHETIC" in report
+    median = float(np.median([float(r["qc_dice"]) for r in rows]))
+    assert f"**{median:.3f}** over {COUNT} samples" in report
+    for png in ("volumes.png", "qc.png", "montage.png"):
+        assert (out / "report" / png).stat().st_size > 1000
+
+
+def _compare_cohorts(a: Path, b: Path) -> None:
+    def listing(root):
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+    assert listing(a) == listing(b)
+    for rel in listing(a):
+        if rel.endswith(".nii.gz"):
+            ia, ib = load_image(a / rel), load_image(b / rel)
+            assert np.array_equal(ia.array, ib.array) and np.array_equal(ia.affine, ib.affine), rel
+        elif rel.startswith("records/"):
+            ra, rb = (json.loads((root / rel).read_text()) for root in (a, b))
+            assert {k: v for k, v in ra.items() if k not in TIMING} == {k: v for k, v in rb.items() if k not in TIMING}
+        elif rel in ("dataset.json", "synthesis.json"):
+            assert json.loads((a / rel).read_text()) == json.loads((b / rel).read_text())
+        elif rel == "cases.csv":
+            ca, cb = ([{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(root / rel))]
+                      for root in (a, b))
+            assert ca == cb
+
+
+def test_two_concurrent_shards_equal_one_unsharded_run(resumed, models, tmp_path):
+    out = tmp_path / "sharded"
+    common = ["generate", "--distribution", "uniform", "--count", COUNT, "--seed", 6000, "--steps", 2,
+              "--format", "nnunet", "--models", models["bundles"], "--out", out, "--no-progress"]
+    procs = [subprocess.Popen([*map(str, CLI + common + ["--shard", f"{i}/2"])], cwd=REPO, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [p.communicate(timeout=900) for p in procs]
+    for p, (stdout, stderr) in zip(procs, results):
+        assert p.returncode == 0, stderr[-3000:]
+        assert len([l for l in stdout.splitlines() if l.startswith("{")]) == COUNT // 2
+    _compare_cohorts(resumed["out"], out)
+
+
+def test_batched_sampling_matches_single_samples(models):
+    from VentricleSynthLib.batch_sampling import generate_pairs
+    from VentricleSynthLib.generators import ImageGenerator, MaskGenerator, generate_pair
+
+    mask = MaskGenerator(models["bundles"] / "mask_generator", "cpu")
+    image = ImageGenerator(models["bundles"] / "image_generator", "cpu")
+    batch = generate_pairs(mask, image, [30.0, 90.0], [11, 12], guidance=2.0, steps=2)
+    for pair, (v, s) in zip(batch, [(30.0, 11), (90.0, 12)]):
+        single = generate_pair(mask, image, v, guidance=2.0, steps=2, seed=s)
+        assert np.mean(pair.label == single.label) > 0.999
+        assert np.abs(pair.image - single.image).max() < 1e-3
+        assert set(pair.record) == set(single.record) and pair.record["seed"] == s
+
+
+def test_qc_filter_moves_samples_out_of_the_dataset_and_back(resumed, models, tmp_path):
+    out = tmp_path / "filtered"
+    shutil.copytree(resumed["out"], out)
+    dices = sorted(json.loads(p.read_text())["qc_dice"] for p in _records(out).values())
+    # the upper half stays, or (all equal) none does
+    threshold = dices[len(dices) // 2] if dices[0] < dices[-1] else min(1.0, dices[0] + 1e-3)
+    common = ["generate", "--distribution", "uniform", "--count", COUNT, "--seed", 6000, "--steps", 2,
+              "--format", "nnunet", "--models", models["bundles"], "--no-progress"]
+    done = _run(CLI + common + ["--out", out, "--qc-min-dice", threshold])
+    assert done.returncode == 0, done.stderr[-3000:]
+    kept = sum(d >= threshold for d in dices)
+    assert "0 generated now" in done.stdout and read_dataset_json(out)["numTraining"] == kept
+    assert len(list((out / "imagesTr").glob("*.nii.gz"))) == kept
+    assert len(list((out / "rejected" / "labelsTr").glob("*.nii.gz"))) == COUNT - kept
+    with open(out / "cases.csv", newline="") as fh:
+        assert sum(r["included"] == "True" for r in csv.DictReader(fh)) == kept
+    done = _run(CLI + common + ["--out", out])
+    assert done.returncode == 0 and read_dataset_json(out)["numTraining"] == COUNT
+    # other settings in the same folder are refused
+    done = _run(CLI + common + ["--out", out, "--guidance", "3"])
+    assert done.returncode != 0 and "other settings (guidance)" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_samples_format_and_unwritable_out(models, tmp_path):
+    out = tmp_path / "samples"
+    done = _run(CLI + ["generate", "--distribution", "list:30,60", "--steps", "1", "--models", models["bundles"],
+                       "--out", out, "--no-progress"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["report", "sample_000", "sample_001"]
+    records = [json.loads((out / f"sample_00{i}" / "sample.json").read_text()) for i in range(2)]
+    assert [r["asked_ml"] for r in records] == [30.0, 60.0] and {"qc_dice", "components"} <= set(records[0])
+    assert (out / "cases.csv").is_file() and (out / "report" / "report.md").is_file()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    done = _run(CLI + ["generate", "--distribution", "list:30", "--models", models["bundles"],
+                       "--out", blocker / "sub"])
+    assert done.returncode != 0 and done.stderr.startswith("error: cannot write to --out")
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = _run(CLI + ["generate", "--distribution", "list:30", "--models", models["bundles"], "--out", models["work"]])
+    assert done.returncode != 0 and "holds no synthetic cohort" in done.stderr
+
+
+def test_segmenter_stage_trains_on_the_cohort_as_is(resumed, models, tmp_path):
+    work = tmp_path / "segwork"
+    work.mkdir()
+    (work / "data").symlink_to(models["work"] / "data")
+    done = _run(TRAIN + ["segmenter", "--config", models["config"], "--work", work, "--synthetic", resumed["out"]],
+                timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+    exported = next((work / "nnunet" / "raw").glob("Dataset*"))
+    with open(exported / "cases.csv", newline="") as fh:
+        origins = [r["origin"] for r in csv.DictReader(fh)]
+    assert sum(o.startswith("synthetic/") for o in origins) == COUNT
+    assert (work / "bundles" / "segmenter" / "manifest.json").is_file()

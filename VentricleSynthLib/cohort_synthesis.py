@@ -1,0 +1,280 @@
+"""Synthetic cohorts: K labelled pairs whose ventricle volumes follow a chosen distribution, with QC and a report.
+
+Restartable and shardable with no coordinator:
+- sample i asks `distribution.volume(i, seed)` mL with generator seed `sample_seed(seed, i)`;
+- indices form fixed blocks of `batch_size` (one batched sampling call each, always computed whole), and
+  block b belongs to shard b mod N (`--shard i/N`, or RANK/WORLD_SIZE under torchrun): a sample's values
+  depend on the settings and the batch size only, never on the shard, the count or earlier interruptions;
+- a sample is complete once its record exists (written last, atomically) and is then skipped, so a killed
+  run redoes at most the samples it was writing;
+- OUT/synthesis.json pins what decides the values (format, distribution, seed, guidance, steps, models);
+  a run with other settings refuses the folder;
+- every run ends by rebuilding cases.csv, dataset.json and the report from all records present, so the
+  last shard to finish (or any later run) leaves them complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import OutputError, RequestError
+from .cohort_layout import FORMATS, make_layout
+from .distributions import Distribution, check_seed, parse, sample_seed
+
+RUN_FILE = "synthesis.json"
+CASE_FIELDS = ["case", "index", "asked_ml", "got_ml", "seed", "guidance", "steps", "image_steps", "seconds", "qc",
+               "qc_dice", "qc_seg_ml", "volume_error_ml", "components", "largest_component_fraction", "included",
+               "tiv_ml", "batch_size", "device", "qc_note"]
+
+
+@dataclass
+class CohortRequest:
+    out: Path
+    distribution: str | Distribution
+    count: int | None = None  # default: a list's length
+    seed: int = 0
+    guidance: float | None = None  # default: the mask bundle's
+    steps: int | None = None  # default: each bundle's
+    format: str = "nnunet"
+    shard: str | None = None  # "i/N"; default RANK/WORLD_SIZE (torchrun) or the whole cohort
+    batch_size: int | None = None  # default 8 on CUDA, else 1
+    qc_min_dice: float | None = None  # move samples below this label-fidelity Dice out of the dataset
+    device: str = "auto"
+    models: Path | None = None  # folder holding mask_generator/ and image_generator/ (model_store's search)
+    segmenter: Path | None = None  # segmenter bundle for label fidelity (default: the models folder's, if any)
+    report: bool = True
+    progress: bool = True
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """(shard index, shard count) from `--shard i/N`, else torchrun's RANK/WORLD_SIZE, else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if text is None:
+        return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
+    if world > 1:
+        raise RequestError("--shard and torchrun both split the cohort; use one of them")
+    i, slash, n = str(text).partition("/")
+    try:
+        i, n = int(i), int(n)
+    except ValueError:
+        raise RequestError(f"--shard must be i/N with 0 <= i < N, got {text!r}") from None
+    if not slash or n < 1 or not 0 <= i < n:
+        raise RequestError(f"--shard must be i/N with 0 <= i < N, got {text!r}")
+    return i, n
+
+
+def _device(name: str) -> str:
+    """Under torchrun each process takes the GPU of its LOCAL_RANK."""
+    import torch
+
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and (name or "auto").lower() in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{int(local)}"
+    return name
+
+
+def check_min_dice(value) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise RequestError(f"--qc-min-dice must be a number in 0..1, got {value!r}")
+    return float(value)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse a folder that holds something other than this kind of cohort (inputs are never overwritten)."""
+    if out.is_file():
+        raise OutputError(f"cannot write to --out {out}: it is a file")
+    if out.is_dir() and not (out / RUN_FILE).is_file():
+        foreign = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+        if foreign:
+            raise OutputError(f"--out {out} is not empty and holds no synthetic cohort ({RUN_FILE}); "
+                              f"use a new or empty folder")
+
+
+def _pin_settings(out: Path, run: dict) -> None:
+    from .nnunet_raw import write_json
+
+    path = out / RUN_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if old != run:
+            keys = sorted(k for k in set(run) | set(old or {}) if (old or {}).get(k) != run.get(k))
+            raise RequestError(f"--out {out} holds a cohort made with other settings ({', '.join(keys)}); "
+                               f"use the same settings to extend or resume it, or another --out")
+        return
+    write_json(path, run)
+
+
+def _segmenter_folder(request: CohortRequest) -> tuple[Path | None, str]:
+    from .model_store import SEGMENTER, models_dir
+
+    if request.segmenter is not None:
+        folder = Path(request.segmenter)
+        if not folder.is_dir():
+            raise RequestError(f"segmenter bundle {folder} not found")
+        return folder, ""
+    folder = models_dir(request.models) / SEGMENTER
+    if folder.is_dir():
+        return folder, ""
+    return None, f"no segmenter bundle in {folder.parent}"
+
+
+def row(record: dict, included: bool, min_dice: float | None) -> dict:
+    """A cases.csv row: the record's values, its QC flags ('ok' when none) and whether it is in the dataset."""
+    from .cohort_qc import flags
+
+    qc = flags(record, min_dice)
+    return {**{k: record.get(k) for k in CASE_FIELDS}, "steps": record["steps"]["mask"],
+            "image_steps": record["steps"]["image"], "qc": ";".join(qc) or "ok", "included": included,
+            "qc_dice": "" if record.get("qc_dice") is None else record["qc_dice"],
+            "qc_seg_ml": "" if record.get("qc_seg_ml") is None else record["qc_seg_ml"]}
+
+
+def assemble(out: Path, layout, run: dict, min_dice: float | None = None, report: bool = True) -> dict:
+    """cases.csv, dataset.json (nnunet) and the report from every record present; returns the summary."""
+    from .cohort_report import summary, write_report
+
+    for _ in range(3):  # a shard finishing meanwhile adds records: go again until nothing changed
+        records = layout.records()
+        rows = [row(r, layout.included(r["index"]), min_dice) for r in records]
+        layout.finish(rows, CASE_FIELDS, extra={
+            "name": "VentricleSynth synthetic cohort", "synthetic": True, "distribution": run["distribution"],
+            "seed": run["seed"], "guidance": run["guidance"],
+            "description": "SYNTHETIC labelled brain MRI (VentricleSynth latent diffusion generators); "
+                           "labels are consecutive indices, see freesurfer_labels"})
+        result = write_report(out, rows, run, layout.load, min_dice) if report and rows else summary(rows)
+        if len(layout.records()) == len(records):
+            return result
+    return result
+
+
+def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> dict:
+    """Generate (or finish) this process's share of the cohort, then assemble it. Returns the summary."""
+    from .generators import ImageGenerator, MaskGenerator
+    from .model_store import IMAGE, MASK, bundle_path
+    from .samples import writable_dir
+
+    started = time.perf_counter()
+    if request.format not in FORMATS:
+        raise RequestError(f"--format must be one of {', '.join(FORMATS)}, got {request.format!r}")
+    min_dice = check_min_dice(request.qc_min_dice)
+    seed = check_seed(request.seed)
+    shard, shards = parse_shard(request.shard)
+    dist = request.distribution if isinstance(request.distribution, Distribution) else parse(request.distribution)
+    count = request.count if request.count is not None else dist.natural_count
+    if count is None:
+        raise RequestError("--count is needed with this --distribution")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise RequestError(f"--count must be >= 1, got {count!r}")
+    out = Path(request.out)
+    _check_out(out)
+    seg_folder, seg_note = _segmenter_folder(request)
+    if min_dice is not None and seg_folder is None:
+        raise RequestError(f"--qc-min-dice needs a segmenter bundle for label fidelity ({seg_note})")
+    device = _device(request.device)
+
+    mask = MaskGenerator(bundle_path(MASK, request.models), device)
+    image = ImageGenerator(bundle_path(IMAGE, request.models), device)
+    batch = request.batch_size if request.batch_size is not None else (8 if mask.device.type == "cuda" else 1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise RequestError(f"--batch-size must be >= 1, got {batch!r}")
+    dist = dist.bind(mask.trained_range_ml)
+    guidance = float(mask.sampling["guidance"] if request.guidance is None else request.guidance)
+    steps = {"mask": int(mask.sampling["steps"] if request.steps is None else request.steps),
+             "image": int(image.sampling["steps"] if request.steps is None else request.steps)}
+    blocks = -(-count // batch)
+    volumes = np.round(dist.volumes(blocks * batch, seed), 3)  # whole blocks: see the module docstring
+    for v in np.unique(volumes):
+        mask.check_request(float(v), guidance, steps["mask"])
+    run = {"format": request.format, "distribution": dist.spec, "distribution_description": dist.describe(),
+           "seed": seed, "guidance": guidance, "steps": steps, "models": {"mask": mask.id, "image": image.id}}
+
+    out = writable_dir(out)
+    _pin_settings(out, run)
+    layout = make_layout(request.format, out)
+    mine = [i for i in range(count) if (i // batch) % shards == shard]
+    done = {i for i in mine if layout.is_complete(i)}
+    for i in sorted(done):  # a changed --qc-min-dice moves complete samples in or out of the dataset
+        layout.place(i, _keep(layout.read_record(i), min_dice))
+
+    from .cohort_qc import FidelityCheck, measure
+    from .batch_sampling import generate_pairs
+
+    check = None
+    bar = _bar(len(mine), len(done), f"synthesize {shard}/{shards}" if shards > 1 else "synthesize",
+               request.progress)
+    generated, gen_seconds = 0, 0.0
+    for b in sorted({i // batch for i in mine if i not in done}):
+        block = list(range(b * batch, (b + 1) * batch))
+        todo = [i for i in block if i < count and i not in done]
+        for i in todo:
+            layout.clear_partial(i)
+        if check is None:  # loaded once there is work: a complete cohort needs no model but the generators
+            check = FidelityCheck(seg_folder, device, note=seg_note)
+        t0 = time.perf_counter()
+        pairs = generate_pairs(mask, image, [float(volumes[i]) for i in block], [sample_seed(seed, i) for i in block],
+                               guidance, request.steps)
+        for i in todo:
+            pair = pairs[i - b * batch]
+            q0 = time.perf_counter()
+            qc = measure(pair.image, pair.label, pair.affine, pair.record["asked_ml"], pair.record["got_ml"], check)
+            record = {"case": layout.case(i), "index": i, **pair.record, "batch_size": batch,
+                      "generation_seconds": pair.record["seconds"], "qc_seconds": round(time.perf_counter() - q0, 3),
+                      "qc_model": check.model, **qc}
+            record["seconds"] = round(record["generation_seconds"] + record["qc_seconds"], 3)
+            layout.write(i, pair.image, pair.label, pair.affine, record, keep=_keep(record, min_dice))
+            generated += 1
+            log(json.dumps({"case": record["case"], "asked_ml": record["asked_ml"], "got_ml": record["got_ml"],
+                            "qc_dice": record["qc_dice"], "seed": record["seed"], "seconds": record["seconds"]}))
+            if bar:
+                bar.update(1)
+        gen_seconds += time.perf_counter() - t0
+    if bar:
+        bar.close()
+
+    run["segmenter"] = check.model if check is not None else _segmenter_id(seg_folder)
+    result = assemble(out, layout, run, min_dice, request.report)
+    per_sample = gen_seconds / generated if generated else float("nan")
+    result.update({"out": str(out), "count": count, "shard": [shard, shards], "generated": generated,
+                   "skipped": len(done), "seconds": round(time.perf_counter() - started, 1),
+                   "seconds_per_generated": None if not generated else round(per_sample, 3)})
+    log(f"synthesize: {result['samples']} of {count} samples complete ({generated} generated now, {len(done)} already "
+        f"complete{f', shard {shard}/{shards}' if shards > 1 else ''}), {result['flagged']} flagged by QC, "
+        f"{result['samples'] - result['included']} rejected, "
+        f"{'%.2f s per sample' % per_sample if generated else 'nothing to generate'}, median Dice "
+        f"{'n/a' if result['median_dice'] is None else format(result['median_dice'], '.3f')} -> {out}")
+    return result
+
+
+def _keep(record: dict, min_dice: float | None) -> bool:
+    from .cohort_qc import passes_filter
+
+    return passes_filter(record, min_dice)
+
+
+def _segmenter_id(folder: Path | None) -> dict | None:
+    from . import bundle as bundles
+
+    return bundles.model_id(folder) if folder is not None else None
+
+
+def _bar(total: int, initial: int, desc: str, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="sample", file=sys.stderr, mininterval=2,
+                dynamic_ncols=True)
