@@ -248,6 +248,8 @@ def test_volume_channels_carry_the_condition_into_every_voxel():
     arch = {"channels": [8, 16, 16], "num_res_blocks": 1, "attention_levels": [False, False, True],
             "norm_num_groups": 8, "num_head_channels": 8, "volume_channels": 2}
     unet = mask_unet(arch, 3).eval()
+    for p in unet.out.parameters():  # MONAI zero-initialises the output convolution
+        torch.nn.init.normal_(p, std=0.1)
     assert unet.conv_in.conv.in_channels == 5
     z = torch.randn(1, 3, 8, 8, 8).repeat(3, 1, 1, 1, 1)
     context = condition(torch.tensor([0.2, 0.9, 0.9]), keep=torch.tensor([True, True, False]))
