@@ -85,6 +85,48 @@ def test_generate_pair_is_reproducible_and_recorded(trained):
     assert a.record["models"]["mask"]["sha256"] and a.record["steps"] == {"mask": 3, "image": 3}
 
 
+def test_candidates_keep_the_decoding_closest_to_the_asked_volume(trained):
+    mask = MaskGenerator(trained / "bundles" / "mask_generator", "cpu")
+    label, record = mask.sample_with_record(60.0, guidance=2.0, steps=3, seed=5, candidates=3)
+    vols = record["candidates_ml"]
+    assert record["candidates"] == 3 and len(vols) == 3
+    assert record["chosen"] == int(np.argmin([abs(v - 60.0) for v in vols]))
+    assert ventricle_volume_ml(label, mask.affine) == pytest.approx(vols[record["chosen"]], abs=1e-3)
+    again, record_again = mask.sample_with_record(60.0, guidance=2.0, steps=3, seed=5, candidates=3)
+    assert np.array_equal(label, again) and record_again == record
+    single, one = mask.sample_with_record(60.0, guidance=2.0, steps=3, seed=5, candidates=1)
+    assert one["candidates"] == 1 and one["chosen"] == 0
+    # candidate 0 starts from the same noise as the K = 1 sample
+    assert one["candidates_ml"][0] == pytest.approx(vols[0], abs=0.5)
+    for bad in (0, 17, 2.5):
+        with pytest.raises(Exception, match="candidates"):
+            mask.sample(60.0, steps=2, candidates=bad)
+
+
+def test_calibrate_writes_curve_statistics_and_cards(trained, tmp_path):
+    import shutil as sh
+
+    from training import calibrate
+    from training.config import load_config
+
+    models = tmp_path / "models"
+    sh.copytree(trained / "bundles", models)
+    work = tmp_path / "work"
+    result = calibrate.run(load_config(str(_tiny_config(tmp_path))), work, models=models, asked=(30, 90),
+                           seeds=(0, 1), image_samples=2, command="pytest", progress=lambda *_: None)
+    assert (work / "calibration" / "volume_control.png").stat().st_size > 1000
+    stats = result["volume_control"]
+    assert result["default"] in stats and all(s["samples"] == 4 for s in stats.values())
+    assert {s["candidates"] for s in stats.values()} >= {1}
+    row = result["rows"][0]
+    assert row["got_ml"] == pytest.approx(min(row["candidates_ml"], key=lambda v: abs(v - row["asked_ml"])), abs=1e-3)
+    card = (models / "mask_generator" / "card.md").read_text()
+    assert "## Volume control (measured)" in card and "`pytest`" in card and "volume_control.png" in card
+    assert "## Image realism (measured)" in (models / "image_generator" / "card.md").read_text()
+    for name in ("mask_generator", "image_generator"):
+        bundles.verify(models / name)  # manifests refreshed after the cards changed
+
+
 def test_cli_generate_writes_the_sample_layout(trained, tmp_path):
     out = tmp_path / "out"
     done = _run(CLI + ["generate", "--ventricle-ml", "40", "--steps", "2", "--count", "2", "--seed", "3",

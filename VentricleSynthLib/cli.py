@@ -82,11 +82,13 @@ def _cmd_generate(args) -> int:
     mask = MaskGenerator(bundle_path(MASK, args.models), args.device)
     guidance = mask.sampling["guidance"] if args.guidance is None else args.guidance
     steps = mask.sampling["steps"] if args.steps is None else args.steps
-    mask.check_request(args.ventricle_ml, guidance, steps)
+    candidates = int(mask.sampling.get("candidates", 1) if args.candidates is None else args.candidates)
+    mask.check_request(args.ventricle_ml, guidance, steps, candidates)
     image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
     out = writable_dir(args.out)
     for k in range(args.count):  # steps=None: each bundle's own default
-        pair = generate_pair(mask, image, args.ventricle_ml, guidance, args.steps, seed=args.seed + k)
+        pair = generate_pair(mask, image, args.ventricle_ml, guidance, args.steps, seed=args.seed + k,
+                             candidates=candidates)
         folder = write_sample(out, k, pair.image, pair.label, pair.affine, pair.record)
         print(json.dumps({"sample": str(folder), **{key: pair.record[key] for key in
                                                     ("asked_ml", "got_ml", "seed", "seconds")}}), flush=True)
@@ -136,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "or a whole cohort (--distribution)")
     p.add_argument("--ventricle-ml", type=float, help="requested ventricular volume in mL")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
+    p.add_argument("--candidates", type=int, help="label maps denoised per sample; the one closest to the asked "
+                                                  "volume is kept (default: the bundle's)")
     p.add_argument("--steps", type=int, help="DDIM steps per stage (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the first sample; sample k uses seed+k (a cohort: the base seed, hashed with k)")

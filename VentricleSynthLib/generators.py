@@ -52,21 +52,29 @@ class _LatentDiffusion:
         return module.to(self.device).eval()
 
     def _denoise(self, denoise_fn, steps: int, generator: torch.Generator, stage: str,
-                 progress: Progress | None) -> torch.Tensor:
+                 progress: Progress | None, batch: int = 1) -> torch.Tensor:
         scheduler = ddim(self.scheduler_kwargs)
         _check_steps(steps, scheduler.num_train_timesteps)
         scheduler.set_timesteps(steps, device=self.device)
-        z = torch.randn((1, *self.latent_shape), generator=generator, device="cpu").to(self.device)
+        z = torch.randn((batch, *self.latent_shape), generator=generator, device="cpu").to(self.device)
         for i, t in enumerate(scheduler.timesteps, start=1):
-            eps = denoise_fn(z, t.reshape(1).to(self.device))
+            eps = denoise_fn(z, t.reshape(1).expand(batch).to(self.device))
             z, _ = scheduler.step(eps, int(t), z)
             if progress:
                 progress(stage, i, steps)
         return z / self.scale_factor + self.latent_shift.to(z.device)
 
 
+MAX_CANDIDATES = 16
+
+
 class MaskGenerator(_LatentDiffusion):
-    """Volume-conditioned label-map LDM with classifier-free guidance."""
+    """Volume-conditioned label-map LDM with classifier-free guidance.
+
+    `candidates` K > 1: K latents are denoised together (one batch) from the same seed and the decoding
+    whose ventricle volume is closest to the request is kept (volume-matched sampling). Candidate 0 is
+    the K = 1 sample. The bundle's `sampling.candidates` is the default; its card reports both.
+    """
 
     def __init__(self, folder: Path, device: str | None = None):
         super().__init__(folder, device)
@@ -85,7 +93,7 @@ class MaskGenerator(_LatentDiffusion):
     def normalise(self, volume_ml: float) -> float:
         return (volume_ml - self.v_min) / (self.v_max - self.v_min)
 
-    def check_request(self, volume_ml: float, guidance: float, steps: int) -> None:
+    def check_request(self, volume_ml: float, guidance: float, steps: int, candidates: int = 1) -> None:
         if not np.isfinite(volume_ml) or volume_ml <= 0:
             raise RequestError(f"ventricle volume must be a positive number of mL, got {volume_ml}")
         span = self.v_max - self.v_min
@@ -95,26 +103,46 @@ class MaskGenerator(_LatentDiffusion):
         if not np.isfinite(guidance) or guidance < 0:
             raise RequestError(f"guidance must be >= 0, got {guidance}")
         _check_steps(steps, 1000)
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= MAX_CANDIDATES:
+            raise RequestError(f"candidates must be an integer in 1..{MAX_CANDIDATES}, got {candidates!r}")
+
+    @property
+    def affine(self) -> np.ndarray:
+        return np.asarray(self.config["affine"], dtype=np.float64)
+
+    def sample(self, volume_ml: float, guidance: float | None = None, steps: int | None = None, seed: int = 0,
+               progress: Progress | None = None, candidates: int | None = None) -> np.ndarray:
+        """One label map (FreeSurfer numbers, int16) on the profile grid."""
+        return self.sample_with_record(volume_ml, guidance, steps, seed, progress, candidates)[0]
 
     @torch.no_grad()
-    def sample(self, volume_ml: float, guidance: float | None = None, steps: int | None = None, seed: int = 0,
-               progress: Progress | None = None) -> np.ndarray:
-        """One label map (FreeSurfer numbers, int16) on the profile grid."""
+    def sample_with_record(self, volume_ml: float, guidance: float | None = None, steps: int | None = None,
+                           seed: int = 0, progress: Progress | None = None,
+                           candidates: int | None = None) -> tuple[np.ndarray, dict]:
+        """The label map and what sampling did: guidance, steps, candidates' volumes, the one kept."""
         guidance = float(self.sampling["guidance"] if guidance is None else guidance)
         steps = int(self.sampling["steps"] if steps is None else steps)
-        self.check_request(volume_ml, guidance, steps)
+        k = int(self.sampling.get("candidates", 1)) if candidates is None else candidates
+        self.check_request(volume_ml, guidance, steps, k)
         generator = torch.Generator().manual_seed(int(seed))
-        v = torch.tensor([self.normalise(volume_ml)], device=self.device)
-        context = torch.cat([condition(v), condition(v, keep=torch.zeros(1, device=self.device))])
+        v = torch.full((k,), self.normalise(volume_ml), device=self.device)
+        context = torch.cat([condition(v), condition(v, keep=torch.zeros(k, device=self.device))])
 
         def denoise(z, t):
             zz = mask_unet_input(torch.cat([z, z]), context, self.unet_arch)
             eps_c, eps_u = self.unet(zz, torch.cat([t, t]), context=context).chunk(2)
             return eps_u + guidance * (eps_c - eps_u)
 
-        z = self._denoise(denoise, steps, generator, "mask", progress)
-        logits = self.autoencoder.decode(z)
-        return from_indices(logits.argmax(dim=1)[0].cpu().numpy())
+        z = self._denoise(denoise, steps, generator, "mask", progress, batch=k)
+        best, volumes = None, []
+        for i in range(k):  # one decoding at a time: the decoder's activations dominate memory
+            label = from_indices(self.autoencoder.decode(z[i:i + 1]).argmax(dim=1)[0].cpu().numpy())
+            volumes.append(ventricle_volume_ml(label, self.affine))
+            if best is None or abs(volumes[-1] - volume_ml) < abs(volumes[best[0]] - volume_ml):
+                best = (i, label)
+        record = {"guidance": guidance, "steps": steps, "candidates": k, "chosen": best[0],
+                  "candidates_ml": [round(x, 3) for x in volumes]}
+        return best[1], record
 
 
 class ImageGenerator(_LatentDiffusion):
@@ -151,22 +179,23 @@ class Pair:
 
 
 def generate_pair(mask: MaskGenerator, image: ImageGenerator, volume_ml: float, guidance: float | None = None,
-                  steps: int | None = None, seed: int = 0, progress: Progress | None = None) -> Pair:
+                  steps: int | None = None, seed: int = 0, progress: Progress | None = None,
+                  candidates: int | None = None) -> Pair:
     """A labelled pair with `volume_ml` of ventricles asked; the record says what was asked and obtained."""
     start = time.perf_counter()
-    guidance = float(mask.sampling["guidance"] if guidance is None else guidance)
-    mask_steps = int(mask.sampling["steps"] if steps is None else steps)
     image_steps = int(image.sampling["steps"] if steps is None else steps)
-    label = mask.sample(volume_ml, guidance, mask_steps, seed, progress)
+    label, sampled = mask.sample_with_record(volume_ml, guidance, steps, seed, progress, candidates)
     img = image.sample(label, image_steps, seed, progress)
-    affine = np.asarray(mask.config["affine"], dtype=np.float64)
+    affine = mask.affine
     record = {
         "asked_ml": float(volume_ml),
         "got_ml": round(ventricle_volume_ml(label, affine), 3),
         "tiv_ml": round(tiv_ml(label, affine), 2),
         "seed": int(seed),
-        "steps": {"mask": mask_steps, "image": image_steps},
-        "guidance": guidance,
+        "steps": {"mask": sampled["steps"], "image": image_steps},
+        "guidance": sampled["guidance"],
+        "candidates": sampled["candidates"],
+        "candidates_ml": sampled["candidates_ml"],
         "seconds": round(time.perf_counter() - start, 3),
         "device": str(mask.device),
         "models": {"mask": mask.id, "image": image.id},
