@@ -20,8 +20,8 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PIP) install -c $(CONSTRAINTS) -e ".[test,eval]"
 	touch $@
 
-# The main job, offline. Until generator bundles are committed (VentricleSynth/Resources/Models), the demo
-# builds the template cohort and its montages; with bundles present it also generates two labelled pairs.
+# The main job, offline: the template cohort (montages), then two labelled pairs from the bundled generators
+# (25 and 100 mL asked) and the one-click segmentation of the 100 mL image with the bundled segmenter.
 demo: venv
 	$(PY) training/train.py data --config tiny --work $(DEMO_OUT)/cohort
 	@echo "demo: cohort montages: $(DEMO_OUT)/cohort/data/natural/montage.png $(DEMO_OUT)/cohort/data/enlarged/montage.png"
@@ -29,7 +29,12 @@ demo: venv
 	  $(PY) -m VentricleSynthLib generate --ventricle-ml 25 --seed 1 --out $(DEMO_OUT)/normal_25ml && \
 	  $(PY) -m VentricleSynthLib generate --ventricle-ml 100 --seed 2 --out $(DEMO_OUT)/enlarged_100ml && \
 	  echo "demo: previews: $(DEMO_OUT)/normal_25ml/sample_000/preview.png $(DEMO_OUT)/enlarged_100ml/sample_000/preview.png"; \
-	else echo "demo: no generator bundles in VentricleSynth/Resources/Models yet (see README, Status)"; fi
+	else echo "demo: no generator bundles in VentricleSynth/Resources/Models (see README, Status)"; fi
+	@if [ -d VentricleSynth/Resources/Models/segmenter ] && [ -f $(DEMO_OUT)/enlarged_100ml/sample_000/image.nii.gz ]; then \
+	  $(PY) -m VentricleSynthLib segment $(DEMO_OUT)/enlarged_100ml/sample_000/image.nii.gz \
+	    --out $(DEMO_OUT)/enlarged_100ml/sample_000/segmentation.nii.gz && \
+	  echo "demo: segmentation of the 100 mL sample: $(DEMO_OUT)/enlarged_100ml/sample_000/segmentation.nii.gz"; \
+	else echo "demo: no segmenter bundle in VentricleSynth/Resources/Models (see README, Status)"; fi
 
 test: venv
 	$(PY) -m pytest -q -ra Testing

@@ -305,3 +305,19 @@ def test_volume_channels_carry_the_condition_into_every_voxel():
     assert (out[0] - out[1]).abs().mean() > 1e-4 and (out[1] - out[2]).abs().mean() > 1e-4
     with pytest.raises(ValueError, match="volume_channels"):
         mask_unet({**arch, "volume_channels": 1}, 3)
+
+
+def test_one_brain_keeps_the_largest_piece_and_its_labels():
+    from scipy import ndimage
+
+    from VentricleSynthLib.generators import one_brain
+
+    label = np.zeros((20, 20, 20), np.int16)
+    label[2:12, 2:12, 2:12] = 2
+    label[5:8, 5:8, 5:8] = 4  # inside the brain: kept
+    label[15:17, 15:17, 15:17] = 41  # a stray island: removed
+    label[0, 19, 0] = 17  # touching only by a corner is another piece: removed
+    out = one_brain(label)
+    assert ndimage.label(out > 0)[1] == 1 and out.dtype == label.dtype
+    assert np.array_equal(out[:13, :13, :13], label[:13, :13, :13]) and not np.any(out == 41) and not np.any(out == 17)
+    assert np.array_equal(one_brain(out), out) and not np.any(one_brain(np.zeros_like(label)))

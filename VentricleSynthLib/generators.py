@@ -24,6 +24,23 @@ from .volumes import tiv_ml, ventricle_volume_ml
 Progress = Callable[[str, int, int], None]
 
 
+def one_brain(label: np.ndarray) -> np.ndarray:
+    """The largest connected piece of the brain (labels > 0, face connectivity); other pieces -> background.
+
+    A decoded label map can hold stray islands of a few voxels away from the brain (measured on the cpu
+    bundle before this step: one connected brain in only 13-30 % of samples); a label map is meant to be
+    one brain.
+    """
+    from scipy import ndimage
+
+    pieces, n = ndimage.label(label > 0)
+    if n <= 1:
+        return label
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    return np.where(pieces == int(sizes.argmax()), label, 0).astype(label.dtype)
+
+
 def _check_steps(steps: int, maximum: int) -> None:
     if not isinstance(steps, int) or steps < 1 or steps > maximum:
         raise RequestError(f"steps must be an integer in 1..{maximum}, got {steps!r}")
@@ -136,7 +153,7 @@ class MaskGenerator(_LatentDiffusion):
         z = self._denoise(denoise, steps, generator, "mask", progress, batch=k)
         best, volumes = None, []
         for i in range(k):  # one decoding at a time: the decoder's activations dominate memory
-            label = from_indices(self.autoencoder.decode(z[i:i + 1]).argmax(dim=1)[0].cpu().numpy())
+            label = one_brain(from_indices(self.autoencoder.decode(z[i:i + 1]).argmax(dim=1)[0].cpu().numpy()))
             volumes.append(ventricle_volume_ml(label, self.affine))
             if best is None or abs(volumes[-1] - volume_ml) < abs(volumes[best[0]] - volume_ml):
                 best = (i, label)

@@ -458,7 +458,14 @@ def card_text(config: dict, metrics: dict) -> str:
         "nnU-Net v2 model folder (trainer nnUNetTrainer: the training subclass only changed the schedule).", "",
     ]
     if metrics:
-        lines += ["## Measured", "", "| set | n | Dice (union) | volume MAE (mL) | bias (mL) | HD95 (mm) | error slope |",
+        config_name = Path(str(t.get("config") or "cpu")).stem
+        lines += ["## Measured", "",
+                  f"By the stage itself right after training (`python training/train.py segmenter --config "
+                  f"{config_name} --work WORK`), on profile-grid cases the network never trained on: `val` is the "
+                  "cohort's validation split (nnU-Net's fold-0 validation cases), `enlarged hold-out` the enlarged "
+                  "cohort (60-150 mL, its own data seed). Dice and volumes use the union of the six labels; error "
+                  "slope = slope of (predicted - reference) mL against the reference volume.", "",
+                  "| set | n | Dice (union) | volume MAE (mL) | bias (mL) | HD95 (mm) | error slope |",
                   "|---|---|---|---|---|---|---|"]
         for name, s in metrics.items():
             lines.append(f"| {name} | {s['n']} | {_pm(s, 'dice', 3)} | {_pm(s, 'abs_dv_ml')} | "
