@@ -3,7 +3,7 @@
 Prints a table of wall seconds and peak RSS per run, and whether the same seed gave the same pair.
 Each run is a fresh process, so peak RSS includes loading torch and the models.
 
-    python benchmarks/generate_pair.py [--steps 50] [--runs 3] [--threads 2] [--models DIR]
+    python benchmarks/generate_pair.py [--steps N] [--runs 3] [--threads 2] [--models DIR]
 """
 
 from __future__ import annotations
@@ -30,17 +30,17 @@ t0 = time.perf_counter()
 mask = MaskGenerator(bundle_path(MASK, models), "cpu")
 image = ImageGenerator(bundle_path(IMAGE, models), "cpu")
 t1 = time.perf_counter()
-pair = generate_pair(mask, image, float(sys.argv[3]), steps=int(sys.argv[2]), seed=123)
+pair = generate_pair(mask, image, float(sys.argv[3]), steps=int(sys.argv[2]) or None, seed=123)
 t2 = time.perf_counter()
 digest = hashlib.sha256(pair.image.tobytes() + pair.label.tobytes()).hexdigest()[:16]
-print(json.dumps({"load_s": t1 - t0, "pair_s": t2 - t1, "total_s": t2 - t0, "got_ml": pair.record["got_ml"],
+print(json.dumps({"steps": pair.record["steps"], "candidates": pair.record["candidates"], "load_s": t1 - t0, "pair_s": t2 - t1, "total_s": t2 - t0, "got_ml": pair.record["got_ml"],
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "digest": digest}))
 """
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps per stage")
+    parser.add_argument("--steps", type=int, default=0, help="DDIM steps per stage (default 0: each bundle's own)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--volume-ml", type=float, default=60.0)
@@ -55,7 +55,9 @@ def main() -> int:
             print(out.stderr[-2000:], file=sys.stderr)
             return 1
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"one labelled pair, cpu, {args.threads} threads, {args.steps} DDIM steps per stage, "
+    steps = rows[0]["steps"]
+    print(f"one labelled pair, cpu, {args.threads} threads, DDIM steps mask {steps['mask']} (x{rows[0]['candidates']} "
+          f"candidates) + image {steps['image']}, "
           f"asked {args.volume_ml:g} mL, seed 123")
     print("| run | load (s) | pair (s) | total (s) | peak RSS (MB) | got (mL) | digest |")
     print("|---|---|---|---|---|---|---|")
