@@ -107,8 +107,10 @@ def _generate_cohort(args) -> int:
     count = args.count if args.count is not None or args.distribution is not None else 1
     synthesize(CohortRequest(
         out=args.out, distribution=spec, count=count, seed=args.seed, guidance=args.guidance, steps=args.steps,
+        candidates=args.candidates,
         format=args.format or "samples", shard=args.shard, batch_size=args.batch_size, qc_min_dice=args.qc_min_dice,
-        device=args.device, models=args.models, progress=not args.no_progress), log=lambda line: print(line, flush=True))
+        device=args.device, models=args.models, progress=not args.no_progress),
+        log=lambda line: print(line, flush=True))
     return 0
 
 

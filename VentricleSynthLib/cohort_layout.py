@@ -75,6 +75,10 @@ class NnunetLayout:
             os.replace(src, dst)
         write_json(self._record_path(index), record)
         shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.parent.rmdir()  # the last sample in flight takes the staging folder with it
+        except OSError:
+            pass
 
     def place(self, index: int, keep: bool) -> None:
         """Move a complete sample into (keep) or out of the dataset."""

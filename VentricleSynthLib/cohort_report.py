@@ -88,12 +88,12 @@ def plot_volumes(rows: list[dict], path: Path) -> None:
 def plot_qc(rows: list[dict], path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    panels = [("qc_dice", "label fidelity Dice"), ("volume_error_ml", "obtained - asked (mL)"),
-              ("largest_component_fraction", "largest piece / ventricles")]
-    for ax, (key, title) in zip(axes, panels):
+    panels = [("qc_dice", "label fidelity Dice", (0.0, 1.0)), ("volume_error_ml", "obtained - asked (mL)", None),
+              ("largest_component_fraction", "largest piece / ventricles", (0.0, 1.0))]
+    for ax, (key, title, limits) in zip(axes, panels):
         values = _floats(rows, key)
         if values.size:
-            ax.hist(values, bins=min(20, max(5, values.size // 2)))
+            ax.hist(values, bins=20 if limits else min(20, max(5, values.size // 2)), range=limits)
         else:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title, fontsize=9)
@@ -136,6 +136,9 @@ def write_report(out: Path, rows: list[dict], run: dict, load: Callable[[int], t
     dice_line = (f"**{s['median_dice']:.3f}** over {s['dice_measured']} samples (goal >= {DICE_GOAL})"
                  if s["median_dice"] is not None else
                  f"not measured ({next((r['qc_note'] for r in rows if r.get('qc_note')), 'no segmenter bundle')})")
+    seg = run.get("segmenter")
+    seg_text = f"`{seg['name']}` {seg['sha256'][:12]}" if seg else "none"
+    rel = None if s["median_rel_error"] is None else 100 * s["median_rel_error"]
     lines = [
         "# Synthetic cohort",
         "",
@@ -144,16 +147,17 @@ def write_report(out: Path, rows: list[dict], run: dict, load: Callable[[int], t
         f"- samples: {s['samples']} ({s['included']} in the dataset, {s['samples'] - s['included']} rejected by "
         f"`--qc-min-dice`), format `{run['format']}`",
         f"- distribution: {run['distribution_description']} (`{run['distribution']}`), base seed {run['seed']}",
-        f"- guidance {run['guidance']:g}, DDIM steps {run['steps']['mask']} (mask) / {run['steps']['image']} (image)",
+        f"- guidance {run['guidance']:g}, DDIM steps {run['steps']['mask']} (mask) / {run['steps']['image']} (image), "
+        f"{run.get('candidates', 1)} candidate label map(s) per sample (the one closest to the asked volume kept)",
         f"- models: mask `{run['models']['mask']['name']}` {run['models']['mask']['sha256'][:12]}, image "
         f"`{run['models']['image']['name']}` {run['models']['image']['sha256'][:12]}; QC segmenter: "
-        f"{'`%s` %s' % (run['segmenter']['name'], run['segmenter']['sha256'][:12]) if run.get('segmenter') else 'none'}",
+        f"{seg_text}",
         "",
         "## Volume control",
         "",
         f"- Spearman correlation of obtained with asked volume: {_fmt(s['spearman_asked_got'], '.3f')}",
         f"- median |obtained - asked|: {_fmt(s['median_abs_error_ml'], '.2f')} mL "
-        f"({_fmt(None if s['median_rel_error'] is None else 100 * s['median_rel_error'], '.1f')} % of the asked volume)",
+        f"({_fmt(rel, '.1f')} % of the asked volume)",
         "",
         "![volumes](volumes.png)",
         "",

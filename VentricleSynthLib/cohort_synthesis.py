@@ -7,7 +7,8 @@ Restartable and shardable with no coordinator:
   depend on the settings and the batch size only, never on the shard, the count or earlier interruptions;
 - a sample is complete once its record exists (written last, atomically) and is then skipped, so a killed
   run redoes at most the samples it was writing;
-- OUT/synthesis.json pins what decides the values (format, distribution, seed, guidance, steps, models);
+- OUT/synthesis.json pins what decides the values (format, distribution, seed, guidance, steps, candidates,
+  models);
   a run with other settings refuses the folder;
 - every run ends by rebuilding cases.csv, dataset.json and the report from all records present, so the
   last shard to finish (or any later run) leaves them complete.
@@ -31,7 +32,8 @@ from .cohort_layout import FORMATS, make_layout
 from .distributions import Distribution, check_seed, parse, sample_seed
 
 RUN_FILE = "synthesis.json"
-CASE_FIELDS = ["case", "index", "asked_ml", "got_ml", "seed", "guidance", "steps", "image_steps", "seconds", "qc",
+CASE_FIELDS = ["case", "index", "asked_ml", "got_ml", "seed", "guidance", "steps", "image_steps", "candidates",
+               "seconds", "qc",
                "qc_dice", "qc_seg_ml", "volume_error_ml", "components", "largest_component_fraction", "included",
                "tiv_ml", "batch_size", "device", "qc_note"]
 
@@ -43,6 +45,7 @@ class CohortRequest:
     count: int | None = None  # default: a list's length
     seed: int = 0
     guidance: float | None = None  # default: the mask bundle's
+    candidates: int | None = None  # label maps denoised per sample, the closest kept (default: the mask bundle's)
     steps: int | None = None  # default: each bundle's
     format: str = "nnunet"
     shard: str | None = None  # "i/N"; default RANK/WORLD_SIZE (torchrun) or the whole cohort
@@ -195,12 +198,14 @@ def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> di
     guidance = float(mask.sampling["guidance"] if request.guidance is None else request.guidance)
     steps = {"mask": int(mask.sampling["steps"] if request.steps is None else request.steps),
              "image": int(image.sampling["steps"] if request.steps is None else request.steps)}
+    candidates = (int(mask.sampling.get("candidates", 1)) if request.candidates is None else request.candidates)
     blocks = -(-count // batch)
     volumes = np.round(dist.volumes(blocks * batch, seed), 3)  # whole blocks: see the module docstring
     for v in np.unique(volumes):
-        mask.check_request(float(v), guidance, steps["mask"])
+        mask.check_request(float(v), guidance, steps["mask"], candidates)
     run = {"format": request.format, "distribution": dist.spec, "distribution_description": dist.describe(),
-           "seed": seed, "guidance": guidance, "steps": steps, "models": {"mask": mask.id, "image": image.id}}
+           "seed": seed, "guidance": guidance, "steps": steps, "candidates": candidates,
+           "models": {"mask": mask.id, "image": image.id}}
 
     out = writable_dir(out)
     _pin_settings(out, run)
@@ -226,7 +231,7 @@ def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> di
             check = FidelityCheck(seg_folder, device, note=seg_note)
         t0 = time.perf_counter()
         pairs = generate_pairs(mask, image, [float(volumes[i]) for i in block], [sample_seed(seed, i) for i in block],
-                               guidance, request.steps)
+                               guidance, request.steps, candidates=candidates)
         for i in todo:
             pair = pairs[i - b * batch]
             q0 = time.perf_counter()
@@ -272,7 +277,7 @@ def _segmenter_id(folder: Path | None) -> dict | None:
 
 
 def _bar(total: int, initial: int, desc: str, enabled: bool):
-    if not enabled or total == 0:
+    if not enabled or initial >= total:
         return None
     from tqdm import tqdm
 

@@ -1,6 +1,6 @@
 """Stage `synthesize`: a synthetic cohort from the profile's generator bundles -> WORK/synthetic/.
 
-The `synthesize:` section of the config sets count, distribution, seed, guidance, steps, batch size,
+The `synthesize:` section of the config sets count, distribution, seed, guidance, candidates, steps, batch size,
 format and the QC filter; train.py options override it. The work is VentricleSynthLib.cohort_synthesis
 (the same as `python -m VentricleSynthLib generate --distribution …`), so the CLI and this stage write
 identical cohorts. Generators: `--models DIR`, else WORK/bundles, else the bundled models, whichever
@@ -22,6 +22,7 @@ DEFAULTS = {
     "distribution": "uniform",  # the mask bundle's trained range
     "seed": 6000,
     "guidance": None,  # the bundle's
+    "candidates": None,  # the bundle's
     "steps": None,  # each bundle's
     "batch_size": None,  # 8 on CUDA, else 1
     "format": "nnunet",
@@ -60,6 +61,7 @@ def run(config: dict, work: Path, models: Path | None = None, out: Path | None =
                            f"(train.py mask-ae, mask-ldm, image-ae, image-ldm) or pass --models DIR")
     return synthesize(CohortRequest(
         out=Path(out) if out else work / "synthetic", distribution=str(s["distribution"]), count=s["count"],
-        seed=s["seed"], guidance=s["guidance"], steps=s["steps"], format=s["format"], shard=shard,
+        seed=s["seed"], guidance=s["guidance"], candidates=s["candidates"], steps=s["steps"], format=s["format"],
+        shard=shard,
         batch_size=s["batch_size"], qc_min_dice=s["qc_min_dice"], device=s["device"], models=generators,
         segmenter=find_segmenter(work, models)), log=log)

@@ -112,8 +112,10 @@ def _stage_experiment(args, config) -> int:
     return 0
 
 
-STAGES = {"data": _stage_data, "calibrate": _stage_calibrate, **{n: _generator_stage(n) for n in ("mask-ae", "mask-ldm", "image-ae", "image-ldm")},
-          "synthesize": _stage_synthesize, "segmenter": _stage_segmenter, "evaluate": _stage_evaluate, "experiment": _stage_experiment}
+STAGES = {"data": _stage_data, "calibrate": _stage_calibrate,
+          **{n: _generator_stage(n) for n in ("mask-ae", "mask-ldm", "image-ae", "image-ldm")},
+          "synthesize": _stage_synthesize, "segmenter": _stage_segmenter, "evaluate": _stage_evaluate,
+          "experiment": _stage_experiment}
 
 
 def build_parser() -> argparse.ArgumentParser:
