@@ -90,7 +90,10 @@ def test_candidates_keep_the_decoding_closest_to_the_asked_volume(trained):
     label, record = mask.sample_with_record(60.0, guidance=2.0, steps=3, seed=5, candidates=3)
     vols = record["candidates_ml"]
     assert record["candidates"] == 3 and len(vols) == 3
-    assert record["chosen"] == int(np.argmin([abs(v - 60.0) for v in vols]))
+    complete = record["candidates_complete"]
+    assert len(complete) == 3
+    eligible = [i for i in range(3) if complete[i]] or [0, 1, 2]
+    assert record["chosen"] == min(eligible, key=lambda i: abs(vols[i] - 60.0))
     assert ventricle_volume_ml(label, mask.affine) == pytest.approx(vols[record["chosen"]], abs=1e-3)
     again, record_again = mask.sample_with_record(60.0, guidance=2.0, steps=3, seed=5, candidates=3)
     assert np.array_equal(label, again) and record_again == record

@@ -17,7 +17,7 @@ import torch
 from . import bundle as bundles
 from .devices import resolve_device
 from .errors import RequestError
-from .labels import from_indices, one_hot, to_indices
+from .labels import MAIN_CLASSES, from_indices, one_hot, to_indices
 from .networks import condition, ddim, mask_unet_input, image_autoencoder, image_unet, mask_autoencoder, mask_unet
 from .volumes import tiv_ml, ventricle_volume_ml
 
@@ -89,7 +89,8 @@ class MaskGenerator(_LatentDiffusion):
     """Volume-conditioned label-map LDM with classifier-free guidance.
 
     `candidates` K > 1: K latents are denoised together (one batch) from the same seed and the decoding
-    whose ventricle volume is closest to the request is kept (volume-matched sampling). Candidate 0 is
+    whose ventricle volume is closest to the request is kept (volume-matched sampling), preferring
+    decodings that hold all of the schema's MAIN_CLASSES. Candidate 0 is
     the K = 1 sample. The bundle's `sampling.candidates` is the default; its card reports both.
     """
 
@@ -151,14 +152,17 @@ class MaskGenerator(_LatentDiffusion):
             return eps_u + guidance * (eps_c - eps_u)
 
         z = self._denoise(denoise, steps, generator, "mask", progress, batch=k)
-        best, volumes = None, []
+        best, volumes, complete = None, [], []
         for i in range(k):  # one decoding at a time: the decoder's activations dominate memory
             label = one_brain(from_indices(self.autoencoder.decode(z[i:i + 1]).argmax(dim=1)[0].cpu().numpy()))
             volumes.append(ventricle_volume_ml(label, self.affine))
-            if best is None or abs(volumes[-1] - volume_ml) < abs(volumes[best[0]] - volume_ml):
-                best = (i, label)
+            complete.append(bool(np.isin(MAIN_CLASSES, label).all()))
+            # a candidate with all main classes beats any without; then the closest volume wins
+            key = (not complete[-1], abs(volumes[-1] - volume_ml))
+            if best is None or key < best[2]:
+                best = (i, label, key)
         record = {"guidance": guidance, "steps": steps, "candidates": k, "chosen": best[0],
-                  "candidates_ml": [round(x, 3) for x in volumes]}
+                  "candidates_ml": [round(x, 3) for x in volumes], "candidates_complete": complete}
         return best[1], record
 
 

@@ -56,6 +56,8 @@ NUM_CLASSES = len(LABELS)
 VENTRICLE_LABELS: tuple[int, ...] = (4, 43, 5, 44, 14, 15)
 WHITE_MATTER_LABELS: tuple[int, ...] = (2, 41)
 CORTEX_LABELS: tuple[int, ...] = (3, 42)
+# the classes every generated brain must contain: cerebral white matter, cortex, lateral ventricles, brain stem
+MAIN_CLASSES: tuple[int, ...] = (2, 41, 3, 42, 4, 43, 16)
 CSF_LABEL = 24
 
 _LUT_SIZE = max(LABELS) + 1

@@ -15,12 +15,11 @@ from scipy.stats import spearmanr
 
 from VentricleSynthLib import bundle as bundles
 from VentricleSynthLib.generators import ImageGenerator, MaskGenerator, generate_pair
-from VentricleSynthLib.labels import CORTEX_LABELS, VENTRICLE_LABELS, WHITE_MATTER_LABELS
+from VentricleSynthLib.labels import MAIN_CLASSES, CORTEX_LABELS, VENTRICLE_LABELS, WHITE_MATTER_LABELS
 from VentricleSynthLib.nifti import atomic_write_bytes
 from VentricleSynthLib.samples import write_preview
 from VentricleSynthLib.volumes import ventricle_volume_ml
 
-MAIN_CLASSES = (2, 41, 3, 42, 4, 43, 16)
 
 
 def anatomy_ok(label: np.ndarray) -> dict:
