@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .generators import ImageGenerator, MaskGenerator, Pair, Progress, _check_steps, generate_pair
-from .labels import from_indices, one_hot, to_indices
+from .labels import one_hot, to_indices
 from .networks import condition, ddim, mask_unet_input
 from .volumes import tiv_ml, ventricle_volume_ml
 
@@ -54,15 +54,9 @@ def sample_masks(mask: MaskGenerator, volumes: list[float], guidance: float, ste
 
     z = _denoise(mask, denoise, steps, seeds, k, "mask", progress)
     out = []
-    for j, asked in enumerate(volumes):  # as MaskGenerator.sample_with_record: the candidate closest to the ask
-        best, got = None, []
-        for i in range(k):
-            label = from_indices(mask.autoencoder.decode(z[j * k + i:j * k + i + 1]).argmax(dim=1)[0].cpu().numpy())
-            got.append(ventricle_volume_ml(label, mask.affine))
-            if best is None or abs(got[-1] - asked) < abs(got[best[0]] - asked):
-                best = (i, label)
-        out.append((best[1], {"guidance": guidance, "steps": steps, "candidates": k, "chosen": best[0],
-                              "candidates_ml": [round(x, 3) for x in got]}))
+    for j, asked in enumerate(volumes):  # exactly MaskGenerator.sample_with_record's choice
+        label, chosen = mask.choose(z[j * k:(j + 1) * k], asked)
+        out.append((label, {"guidance": guidance, "steps": steps, "candidates": k, **chosen}))
     return out
 
 

@@ -152,18 +152,23 @@ class MaskGenerator(_LatentDiffusion):
             return eps_u + guidance * (eps_c - eps_u)
 
         z = self._denoise(denoise, steps, generator, "mask", progress, batch=k)
+        label, chosen = self.choose(z, volume_ml)
+        return label, {"guidance": guidance, "steps": steps, "candidates": k, **chosen}
+
+    @torch.no_grad()
+    def choose(self, latents: torch.Tensor, volume_ml: float) -> tuple[np.ndarray, dict]:
+        """Decode K candidate latents (one brain each) and keep the best: a candidate with all main classes
+        beats any without, then the volume closest to `volume_ml` wins."""
         best, volumes, complete = None, [], []
-        for i in range(k):  # one decoding at a time: the decoder's activations dominate memory
-            label = one_brain(from_indices(self.autoencoder.decode(z[i:i + 1]).argmax(dim=1)[0].cpu().numpy()))
+        for i in range(latents.shape[0]):  # one decoding at a time: the decoder's activations dominate memory
+            label = one_brain(from_indices(self.autoencoder.decode(latents[i:i + 1]).argmax(dim=1)[0].cpu().numpy()))
             volumes.append(ventricle_volume_ml(label, self.affine))
             complete.append(bool(np.isin(MAIN_CLASSES, label).all()))
-            # a candidate with all main classes beats any without; then the closest volume wins
             key = (not complete[-1], abs(volumes[-1] - volume_ml))
             if best is None or key < best[2]:
                 best = (i, label, key)
-        record = {"guidance": guidance, "steps": steps, "candidates": k, "chosen": best[0],
-                  "candidates_ml": [round(x, 3) for x in volumes], "candidates_complete": complete}
-        return best[1], record
+        return best[1], {"chosen": best[0], "candidates_ml": [round(x, 3) for x in volumes],
+                         "candidates_complete": complete}
 
 
 class ImageGenerator(_LatentDiffusion):
