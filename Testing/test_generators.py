@@ -81,7 +81,8 @@ def test_generate_pair_is_reproducible_and_recorded(trained):
     assert not np.array_equal(a.image, c.image)
     assert a.label.shape == (40, 48, 40) and set(np.unique(a.label).tolist()) <= set(LABELS)
     assert 0.0 <= a.image.min() and a.image.max() <= 1.0
-    assert a.record["asked_ml"] == 50.0 and a.record["got_ml"] == pytest.approx(ventricle_volume_ml(a.label, a.affine), abs=1e-3)
+    assert a.record["asked_ml"] == 50.0
+    assert a.record["got_ml"] == pytest.approx(ventricle_volume_ml(a.label, a.affine), abs=1e-3)
     assert a.record["models"]["mask"]["sha256"] and a.record["steps"] == {"mask": 3, "image": 3}
 
 

@@ -264,7 +264,8 @@ def test_ras_grid_centre_and_spacing(spacing, shape, centre):
     np.testing.assert_allclose(g.affine[:3, :3], np.diag(np.broadcast_to(spacing, (3,))))
     assert "".join(Volume(np.zeros(shape), g.affine).axcodes) == "RAS"
     # the first voxel is half the extent below the centre
-    np.testing.assert_allclose(g.affine[:3, 3], np.asarray(centre) - np.asarray(g.spacing) * (np.asarray(shape) - 1) / 2)
+    half_extent = np.asarray(g.spacing) * (np.asarray(shape) - 1) / 2
+    np.testing.assert_allclose(g.affine[:3, 3], np.asarray(centre) - half_extent)
 
 
 @pytest.mark.parametrize("affine3, codes", [

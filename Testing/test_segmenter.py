@@ -152,6 +152,12 @@ def test_bundle_layout_config_and_manifest(tiny):
     checkpoint = torch.load(model / "fold_0" / "checkpoint_final.pth", weights_only=True)
     assert checkpoint["trainer_name"] == "nnUNetTrainer" and checkpoint["current_epoch"] == 2
     assert "optimizer_state" not in checkpoint
+    assert checkpoint["inference_allowed_mirroring_axes"] is None  # trained without flips (lateralised labels)
+    weights = checkpoint["network_weights"]
+    assert all(v.dtype in (torch.float16, torch.int64) for v in weights.values())
+    # shared entries stay shared on disk: the file holds each parameter once, in float16
+    size = (model / "fold_0" / "checkpoint_final.pth").stat().st_size
+    assert size < 2 * config["nnunet"]["parameters"] * 1.3 + 200_000
     assert config["nnunet"]["trainer_trained_with"] == "VentricleSynthTrainer"
     card = (folder / "card.md").read_text()
     assert "## Measured" in card and "enlarged hold-out" in card
@@ -273,6 +279,15 @@ def test_predictor_is_built_once_per_process(tiny):
     get_segmenter(tiny["bundle"].parent, "cpu", tta=False)
 
 
+def test_mirroring_asked_of_a_model_trained_without_flips_is_not_applied_and_said(tiny, tmp_path):
+    case = image_path(tiny["work"] / "data" / "enlarged", "enlarged_0000")
+    plain = segment_file(case, tmp_path / "a.nii.gz", device="cpu", models=tiny["bundle"].parent)
+    asked = segment_file(case, tmp_path / "b.nii.gz", device="cpu", tta=True, models=tiny["bundle"].parent)
+    assert asked["tta"] is False and any("mirroring" in w for w in asked["warnings"])
+    assert not any("mirroring" in w for w in plain["warnings"])
+    assert np.array_equal(load_labels(tmp_path / "a.nii.gz").array, load_labels(tmp_path / "b.nii.gz").array)
+
+
 def test_segment_command_prints_exactly_one_json_line(tiny, tmp_path):
     case = image_path(tiny["work"] / "data" / "enlarged", "enlarged_0000")
     code = ("import sys, argparse; from VentricleSynthLib.segmenter import segment_command; "
@@ -309,12 +324,13 @@ def test_rerun_needs_resume_and_resume_reexports(tiny):
 def test_trainer_class_follows_the_config():
     from training.segmenter_stage import seg_config, trainer_class
 
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
+        nnUNetTrainerNoMirroring)
 
     assert trainer_class({"epochs": 1000, "iterations_per_epoch": 250, "val_iterations_per_epoch": 50}) \
-        is nnUNetTrainer
+        is nnUNetTrainerNoMirroring
     cls = trainer_class({"epochs": 3, "iterations_per_epoch": 7, "val_iterations_per_epoch": 2, "checkpoint_every": 1})
-    assert issubclass(cls, nnUNetTrainer) and cls.__name__ == "VentricleSynthTrainer"
+    assert issubclass(cls, nnUNetTrainerNoMirroring) and cls.__name__ == "VentricleSynthTrainer"
     assert cls.SCHEDULE["iterations_per_epoch"] == 7
     with pytest.raises(VentricleSynthError):
         seg_config({"segmenter": {"trainer": {"epochs": 0}}, "path": "x"})

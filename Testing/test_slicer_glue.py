@@ -172,7 +172,8 @@ def test_terminology_of_ventricle_segments(scene):
     assert "SCT^35918002^Fourth ventricle" in terms["4th-Ventricle"]
     for term in terms.values():
         fields = term.split("~")
-        assert len(fields) == 7 and fields[0].endswith("General Anatomy list") and fields[1].endswith("Anatomical Structure")
+        assert len(fields) == 7
+        assert fields[0].endswith("General Anatomy list") and fields[1].endswith("Anatomical Structure")
 
 
 def test_closed_surfaces_for_present_segments(scene):
@@ -312,5 +313,6 @@ def test_load_sample_from_a_worker_result(scene, make_affine, tmp_path):
     assert json.loads(volume_node.GetAttribute(glue.RECORD_ATTRIBUTE))["got_ml"] == got
     assert glue.ventricle_report(segmentation_node)["ventricle_ml"] == pytest.approx(got, abs=1e-3)
     assert np.array_equal(load_label_map(result["files"]["label"]).array, label)
-    reference = segmentation_node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+    role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+    reference = segmentation_node.GetNodeReference(role)
     assert reference is not None and reference.GetID() == volume_node.GetID()

@@ -299,7 +299,8 @@ def test_samples_format_and_unwritable_out(models, tmp_path):
                        "--out", blocker / "sub"])
     assert done.returncode != 0 and done.stderr.startswith("error: cannot write to --out")
     assert len(done.stderr.strip().splitlines()) == 1
-    done = _run(CLI + ["generate", "--distribution", f"list:{a}", "--models", models["bundles"], "--out", models["work"]])
+    done = _run(CLI + ["generate", "--distribution", f"list:{a}", "--models", models["bundles"],
+                       "--out", models["work"]])
     assert done.returncode != 0 and "holds no synthetic cohort" in done.stderr
 
 

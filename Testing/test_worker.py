@@ -140,7 +140,8 @@ def test_out_of_memory_detection():
     assert worker._is_out_of_memory(MemoryError())
     assert worker._is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert worker._is_out_of_memory(RuntimeError("MPS backend out of memory"))
-    assert worker._is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"))
+    message = "[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"
+    assert worker._is_out_of_memory(RuntimeError(message))
     assert not worker._is_out_of_memory(RuntimeError("shape mismatch"))
     assert not worker._is_out_of_memory(ValueError("out of memory"))
 
@@ -157,7 +158,8 @@ def test_logic_command_lines_parse_with_the_worker_parser():
     for args in (worker.build_parser().parse_args(command[4:]), cli.build_parser().parse_args(command[3:])):
         assert (args.worker_command, args.ventricle_ml, args.guidance, args.steps, args.seed, args.count) == \
             ("generate", 42.5, 3.0, 7, 11, 3)
-        assert (args.device, args.models, args.out, args.threads, args.watch_stdin) == ("cpu", "/m", "/tmp/out dir", 2, True)
+        assert (args.device, args.models, args.out, args.threads, args.watch_stdin) == \
+            ("cpu", "/m", "/tmp/out dir", 2, True)
     defaults = worker.build_parser().parse_args(wp.generate_command("p", "/o", 40, watch_stdin=False)[4:])
     assert (defaults.guidance, defaults.steps, defaults.seed, defaults.count, defaults.device, defaults.models,
             defaults.watch_stdin) == (None, None, 0, 1, "auto", None, False)

@@ -590,8 +590,8 @@ class VentricleSynthTask:
     def _onProcessError(self, error) -> None:
         if error == qt.QProcess.FailedToStart and not self.finished:
             _glue, protocol = _lib()
-            self._finish(protocol.Outcome("failed", None, _("Could not start the worker ({program}): is Slicer's "
-                                                            "Python launcher present?").format(program=self.command[0])))
+            message = _("Could not start the worker ({program}): is Slicer's Python launcher present?")
+            self._finish(protocol.Outcome("failed", None, message.format(program=self.command[0])))
 
     def cancel(self, discardResults=False) -> None:
         """Stop the worker: 'cancel' on its stdin and SIGTERM to its whole process tree (it cleans up and
@@ -913,7 +913,8 @@ class VentricleSynthTest(ScriptedLoadableModuleTest):
         logic = VentricleSynthLogic()
         missing = logic.missingDependencies()
         if missing:
-            self.skipTest(f"Python packages missing in Slicer: {', '.join(missing)} (install them from the Models section)")
+            self.skipTest(f"Python packages missing in Slicer: {', '.join(missing)} "
+                          "(install them from the Models section)")
         if not logic.generatorDefaults():
             self.skipTest(f"no bundled generator models in {logic.modelsDir()}")
         return logic

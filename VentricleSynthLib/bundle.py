@@ -88,7 +88,8 @@ def model_id(folder: Path) -> dict:
     return {"name": config.get("name", Path(folder).name), "version": config.get("version"), "sha256": digest}
 
 
-def save_bundle(folder: Path, config: dict, modules: dict[str, torch.nn.Module], extra_files: dict | None = None) -> Path:
+def save_bundle(folder: Path, config: dict, modules: dict[str, torch.nn.Module],
+                extra_files: dict | None = None) -> Path:
     """Write a complete bundle into a temporary sibling, then swap it in (never a half-written bundle)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

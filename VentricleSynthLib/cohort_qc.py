@@ -101,10 +101,8 @@ def flags(record: dict, min_dice: float | None = None) -> list[str]:
         out.append("no_ventricles")
     elif record["components"] > MAX_COMPONENTS:
         out.append("fragmented")
-    d = record.get("qc_dice")
-    if d is None:
-        out.append("dice_not_measured")
-    elif d < (DEFAULT_MIN_DICE if min_dice is None else min_dice):
+    d = record.get("qc_dice")  # None: not measured (no segmenter bundle); the report says so, no flag
+    if d is not None and d < (DEFAULT_MIN_DICE if min_dice is None else min_dice):
         out.append("low_dice")
     return out
 

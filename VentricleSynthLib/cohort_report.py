@@ -166,7 +166,7 @@ def write_report(out: Path, rows: list[dict], run: dict, load: Callable[[int], t
         f"- median label-fidelity Dice (segmenter on the generated image vs the generated label map): {dice_line}",
         f"- flagged samples: {s['flagged']} of {s['samples']} (flags: `volume_off` |error| > "
         f"{VOLUME_TOLERANCE_ML:g} mL and > {100 * VOLUME_TOLERANCE_REL:g} %; `low_dice` Dice < {threshold:g}; "
-        f"`fragmented` more than {MAX_COMPONENTS} connected pieces; `no_ventricles`; `dice_not_measured`)",
+        f"`fragmented` more than {MAX_COMPONENTS} connected pieces; `no_ventricles`)",
         f"- seconds per sample (generation + QC): {_fmt(s['seconds_per_sample'], '.2f')}",
         "",
         "![qc](qc.png)",

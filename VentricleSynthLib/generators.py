@@ -65,7 +65,8 @@ class _LatentDiffusion:
         try:
             module.load_state_dict(bundles.load_weights(self.folder, name))
         except RuntimeError as exc:
-            raise bundles.BundleError(f"model bundle {self.folder}: {name} weights do not fit its config ({exc})") from None
+            raise bundles.BundleError(
+                f"model bundle {self.folder}: {name} weights do not fit its config ({exc})") from None
         return module.to(self.device).eval()
 
     def _denoise(self, denoise_fn, steps: int, generator: torch.Generator, stage: str,

@@ -39,7 +39,8 @@ def describe(explicit: str | os.PathLike | None = None) -> list[dict]:
     """Every bundle in the models folder with its verification status (for `info` and the Models panel)."""
     root = models_dir(explicit)
     out = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    for folder in folders:
         entry = {"name": folder.name, "path": str(folder)}
         try:
             manifest = verify(folder)

@@ -4,7 +4,8 @@ Mask LDM: AutoencoderKL on the one-hot label map (N classes in, N logits out) + 
 with cross-attention on the context [volume, flag] (flag 0 = the null token of classifier-free
 guidance). With `volume_channels: 2` in the UNet's kwargs the same two numbers are also given as
 constant input channels, which every convolution sees (a much stronger condition than one
-cross-attention token at the lowest resolution). Image LDM: SPADEAutoencoderKL + SPADEDiffusionModelUNet, both given the one-hot map.
+cross-attention token at the lowest resolution). Image LDM: SPADEAutoencoderKL +
+SPADEDiffusionModelUNet, both given the one-hot map.
 """
 
 from __future__ import annotations

@@ -162,7 +162,8 @@ class Segmenter:
             self.folds = list(nn["folds"])
             checkpoint_name = nn.get("checkpoint", "checkpoint_final.pth")
         except (KeyError, TypeError, ValueError) as exc:
-            raise bundles.BundleError(f"model bundle {self.folder}: config.json is not a segmenter config ({exc})") from None
+            raise bundles.BundleError(
+                f"model bundle {self.folder}: config.json is not a segmenter config ({exc})") from None
         self.device = resolve_device(device)
         self.tta = bool(tta)
         self._lock = threading.Lock()
@@ -210,6 +211,7 @@ class Segmenter:
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
         predictor.manual_initialization(network.to(self.device), plans_manager, configuration_manager, parameters,
                                         dataset_json, "nnUNetTrainer", mirror_axes)
+        self.mirror_axes = tuple(mirror_axes) if mirror_axes else ()
         return predictor
 
     # --- prediction on the profile grid ----------------------------------------------------------
@@ -245,6 +247,9 @@ class Segmenter:
                 progress("segment", i, steps)
 
         warnings = check_input(volume, allow_thick_slices)
+        if self.tta and not self.mirror_axes:
+            warnings.append("test-time mirroring was asked for, but this model was trained without flips "
+                            "(left/right labels): not applied")
         pre = to_profile(self.profile, image=volume)
         report(1)
         probabilities = self.predict_probabilities(pre.image)
@@ -261,7 +266,7 @@ class Segmenter:
             "seconds": round(time.perf_counter() - start, 3),
             "warnings": warnings,
             "device": str(self.device),
-            "tta": self.tta,
+            "tta": self.tta and bool(self.mirror_axes),
             "model": self.id,
         }
         report(4)

@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(p)
     p = sub.add_parser("segment", help="segment the ventricles of a NIfTI image (nnU-Net segmenter)")
     p.add_argument("--input", required=True, help="input image (.nii or .nii.gz)")
-    p.add_argument("--out", required=True, help=f"output folder; writes OUT/{SEGMENTATION_FILE} and OUT/{SEGMENTATION_REPORT}")
+    p.add_argument("--out", required=True,
+                   help=f"output folder; writes OUT/{SEGMENTATION_FILE} and OUT/{SEGMENTATION_REPORT}")
     p.add_argument("--tta", action="store_true", help="test-time mirroring (slower, slightly more accurate)")
     p.add_argument("--allow-thick-slices", action="store_true",
                    help="segment images with slices >= 5 mm anyway (the volume is then unreliable)")

@@ -33,7 +33,8 @@ t1 = time.perf_counter()
 pair = generate_pair(mask, image, float(sys.argv[3]), steps=int(sys.argv[2]) or None, seed=123)
 t2 = time.perf_counter()
 digest = hashlib.sha256(pair.image.tobytes() + pair.label.tobytes()).hexdigest()[:16]
-print(json.dumps({"steps": pair.record["steps"], "candidates": pair.record["candidates"], "load_s": t1 - t0, "pair_s": t2 - t1, "total_s": t2 - t0, "got_ml": pair.record["got_ml"],
+print(json.dumps({"steps": pair.record["steps"], "candidates": pair.record["candidates"],
+                  "load_s": t1 - t0, "pair_s": t2 - t1, "total_s": t2 - t0, "got_ml": pair.record["got_ml"],
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "digest": digest}))
 """
 

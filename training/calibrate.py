@@ -53,7 +53,8 @@ def sweep_volume(mask: MaskGenerator, asked: list[float], settings: list[tuple[f
                 start = time.perf_counter()
                 label, record = mask.sample_with_record(v, guidance=w, steps=steps, seed=s, candidates=k)
                 rows.append({"guidance": w, "candidates": k, "asked_ml": v, "seed": s,
-                             "got_ml": ventricle_volume_ml(label, mask.affine), "candidates_ml": record["candidates_ml"],
+                             "got_ml": ventricle_volume_ml(label, mask.affine),
+                             "candidates_ml": record["candidates_ml"],
                              "seconds": time.perf_counter() - start, **anatomy_ok(label)})
                 progress(f"PROGRESS stage=calibrate w={w} K={k} asked={v} seed={s} got={rows[-1]['got_ml']:.1f}")
     return rows
@@ -182,7 +183,8 @@ def _write_cards(models: Path, result: dict, out: Path, previews: list[Path], co
     for p in previews:
         shutil.copyfile(p, image_dir / p.name)
     body = (f"Measured with `{command}`: {result['image_samples']} pairs across the trained range with the mask "
-            f"generator's default sampling ({result['default']}). Mean intensity WM > GM > ventricles inside the conditioning label map in "
+            f"generator's default sampling ({result['default']}). Mean intensity WM > GM > ventricles inside "
+            f"the conditioning label map in "
             f"{100 * result['t1_contrast_fraction']:.0f} % of samples. Median seconds per pair (both stages, "
             f"{result['steps']} steps each, 2 CPU cores): {result['pair_seconds_median']:.1f} s.\n\n"
             + "".join(f"![preview]({p.name})\n" for p in previews))

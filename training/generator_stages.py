@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from VentricleSynthLib import bundle as bundles
 from VentricleSynthLib.labels import LABELS, NUM_CLASSES, SCHEMA
-from VentricleSynthLib.networks import condition, ddpm, mask_unet_input, image_autoencoder, image_unet, mask_autoencoder, mask_unet
+from VentricleSynthLib.networks import (condition, ddpm, image_autoencoder, image_unet, mask_autoencoder, mask_unet,
+                                        mask_unet_input)
 
 from .provenance import git_commit
 from .cohort_data import Cases, load_cases, random_patch
@@ -300,7 +301,8 @@ def write_card(folder: Path, title: str) -> None:
         f"- Profile `{profile['name']}`: {profile['spacing']} mm, shape {profile['shape']}; latent "
         f"{config['latent_shape']} (scale {config['scale_factor']:.4f}, per-channel shift stored).",
         f"- Architecture (MONAI): `{json.dumps(config['architecture'])}`.",
-        f"- Scheduler: `{json.dumps(config['scheduler'])}`; sampling defaults `{json.dumps(config.get('sampling', {}))}`.",
+        f"- Scheduler: `{json.dumps(config['scheduler'])}`; "
+        f"sampling defaults `{json.dumps(config.get('sampling', {}))}`.",
         f"- Data: {prov['data']['cases']} training cases of {', '.join(prov['data']['datasets'])} "
         f"(config `{prov['data']['config']}`), the offline template cohort.",
         f"- Training on the CPU (2 cores, 1 thread per stage): {steps}. Git commit `{prov.get('git_commit')}`.",
@@ -378,7 +380,8 @@ def train_mask_ldm(config: dict, work: Path, resume: bool = False) -> dict:
             {"volume_normalisation": {"min_ml": v_min, "max_ml": v_max, "quantity": quantity,
                                       "decoded_minus_true_ml_mean": float(np.mean(decoded_ml - cases.ventricle_ml))},
              "conditioning": {"context": "[volume_norm, flag]",
-                              "input_channels": "[volume_norm, flag]" if unet_arch.get("volume_channels") else "none", "null_token": [0.0, 0.0], "drop_probability": drop},
+                              "input_channels": "[volume_norm, flag]" if unet_arch.get("volume_channels") else "none",
+                              "null_token": [0.0, 0.0], "drop_probability": drop},
              "sampling": gen["mask_ldm"].get("sampling", {"guidance": 4.0, "steps": 50})})
         out = bundles.save_bundle(work / "bundles" / "mask_generator", bundle_config,
                                   {"autoencoder": autoencoder, "unet": final})

@@ -11,8 +11,8 @@
    3d_fullres network of that plan (fewer features and stages, patch size from the config; kernel
    sizes and strides from nnU-Net's own `get_pool_and_conv_props`) under the plans name
    `VentricleSynthPlans`.
-3. Train with an `nnUNetTrainer` subclass whose epochs and iterations come from the config (plain
-   `nnUNetTrainer` when the config asks for nnU-Net's defaults). The class is handed to nnU-Net
+3. Train with nnU-Net's `nnUNetTrainerNoMirroring` (the labels are lateralised), subclassed when the
+   config's epochs and iterations differ from nnU-Net's defaults. The class is handed to nnU-Net
    directly (no trainer lookup by name); resume uses nnU-Net's own checkpoints and
    `run_training.maybe_load_checkpoint`. With `num_gpus > 1` (CUDA, default schedule only) nnU-Net's
    `run_training` does DDP.
@@ -242,7 +242,8 @@ def _slim_configuration(plans: dict, seg: dict, profile: Profile) -> dict:
 
 def _stamp(cases: list[Case], seg: dict, profile: Profile) -> str:
     key = {"cases": [(c.case_id, c.origin, c.split) for c in cases], "plan": seg["plan"], "network": seg["network"],
-           "patch_size": seg["patch_size"], "batch_size": seg["batch_size"], "profile": [profile.spacing, profile.shape]}
+           "patch_size": seg["patch_size"], "batch_size": seg["batch_size"],
+           "profile": [profile.spacing, profile.shape]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()
 
 
@@ -288,15 +289,22 @@ def is_default_schedule(schedule: dict) -> bool:
 
 
 def trainer_class(schedule: dict):
-    """nnU-Net's trainer for this schedule: nnUNetTrainer itself for the defaults, else a subclass."""
+    """nnU-Net's trainer for this schedule: `nnUNetTrainerNoMirroring` for the defaults, else a subclass of it.
+
+    Mirroring is off because the labels are lateralised: nnU-Net's default flips along every axis turn a
+    left lateral ventricle into a right one, so the network learns the two as one blurred class (the first
+    cpu segmenter split its union probability between them and under-segmented by 5.7 mL). Inputs always
+    reach the network in the profile's RAS orientation, so flips buy no invariance worth that.
+    """
     import torch
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
+        nnUNetTrainerNoMirroring)
 
     if is_default_schedule(schedule):
-        return nnUNetTrainer
+        return nnUNetTrainerNoMirroring
 
-    class VentricleSynthTrainer(nnUNetTrainer):
-        """nnUNetTrainer with epochs, iterations, checkpoint interval (and lr) from the VentricleSynth config."""
+    class VentricleSynthTrainer(nnUNetTrainerNoMirroring):
+        """nnUNetTrainerNoMirroring with epochs, iterations, checkpoint interval (and lr) from the config."""
 
         SCHEDULE = dict(schedule)
 
@@ -346,9 +354,9 @@ def train(dataset_id: int, seg: dict, resume: bool = False, progress=print) -> t
     device = _device(seg["device"])
     num_gpus = int(seg.get("num_gpus", 1))
     if num_gpus > 1:
-        if device.type != "cuda" or cls.__name__ != "nnUNetTrainer":
-            raise ConfigError("segmenter.num_gpus > 1 needs CUDA and nnU-Net's default schedule (nnUNetTrainer)")
-        run_training(str(dataset_id), CONFIGURATION, fold, "nnUNetTrainer", PLANS, num_gpus=num_gpus,
+        if device.type != "cuda" or cls.__name__ != "nnUNetTrainerNoMirroring":
+            raise ConfigError("segmenter.num_gpus > 1 needs CUDA and nnU-Net's default schedule")
+        run_training(str(dataset_id), CONFIGURATION, fold, cls.__name__, PLANS, num_gpus=num_gpus,
                      continue_training=resume, device=device)
         return base, time.time() - start
     plans = json.loads((pre / f"{PLANS}.json").read_text())
@@ -399,7 +407,7 @@ def export_bundle(trained: Path, out: Path, seg: dict, profile: Profile, provena
         init_args = {k: full["init_args"][k] for k in ("plans", "configuration", "fold", "dataset_json")}
         slim = {
             # float16 on disk halves the bundle; load_state_dict copies them back into the float32 network
-            "network_weights": {k: _half(v.detach().cpu().contiguous()) for k, v in full["network_weights"].items()},
+            "network_weights": _half_state(full["network_weights"]),
             "init_args": init_args,
             "trainer_name": EXPORT_TRAINER,
             "inference_allowed_mirroring_axes": tuple(int(a) for a in full["inference_allowed_mirroring_axes"])
@@ -407,7 +415,7 @@ def export_bundle(trained: Path, out: Path, seg: dict, profile: Profile, provena
             "current_epoch": int(full["current_epoch"]),
         }
         torch.save(slim, model / f"fold_{fold}" / "checkpoint_final.pth")
-        n_params = int(sum(v.numel() for v in slim["network_weights"].values()))
+        n_params = _parameter_count(slim["network_weights"])
         import nnunetv2  # noqa: F401  (version for provenance)
         from importlib.metadata import version
 
@@ -421,7 +429,8 @@ def export_bundle(trained: Path, out: Path, seg: dict, profile: Profile, provena
             "label_names": {str(i): ("background" if lab == 0 else label_name(lab))
                             for i, lab in enumerate(SEGMENTER_LABELS)},
             "nnunet": {"model_folder": str(rel), "folds": [fold], "checkpoint": "checkpoint_final.pth",
-                       "configuration": CONFIGURATION, "plans": PLANS, "trainer_trained_with": trained.name.split("__")[0],
+                       "configuration": CONFIGURATION, "plans": PLANS,
+                       "trainer_trained_with": trained.name.split("__")[0],
                        "nnunetv2_version": version("nnunetv2"), "parameters": n_params, "plan": seg["plan"]},
             "training": {**provenance, "schedule": seg["trainer"], "git_commit": git_commit()},
         }
@@ -435,8 +444,26 @@ def export_bundle(trained: Path, out: Path, seg: dict, profile: Profile, provena
     return out
 
 
-def _half(tensor):
-    return tensor.half() if tensor.is_floating_point() else tensor
+def _half_state(state: dict) -> dict:
+    """float16 copies of a state dict's tensors that keep its sharing.
+
+    nnU-Net's state dict names each encoder weight four times (`encoder.` and `decoder.encoder.`, each as
+    `.conv` and `.all_modules.0`), all one storage; converting entry by entry would store every copy.
+    """
+    out, seen = {}, {}
+    for key, value in state.items():
+        key_of_storage = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if key_of_storage not in seen:
+            v = value.detach().cpu().contiguous()
+            seen[key_of_storage] = v.half() if v.is_floating_point() else v
+        out[key] = seen[key_of_storage]
+    return out
+
+
+def _parameter_count(state: dict) -> int:
+    """Distinct parameters in a state dict whose entries may share storage (see `_half_state`)."""
+    unique = {(v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)): v.numel() for v in state.values()}
+    return int(sum(unique.values()))
 
 
 def card_text(config: dict, metrics: dict) -> str:
@@ -455,7 +482,8 @@ def card_text(config: dict, metrics: dict) -> str:
         f"- git commit: {t.get('git_commit') or 'unknown'}", "",
         "Use: `python -m VentricleSynthLib segment T1.nii.gz --out seg.nii.gz` or "
         "`VentricleSynthLib.segmenter.segment_file`. The folder under nnUNet_results/ is a standard "
-        "nnU-Net v2 model folder (trainer nnUNetTrainer: the training subclass only changed the schedule).", "",
+        "nnU-Net v2 model folder (trainer nnUNetTrainer: training only switched mirroring off and changed "
+        "the schedule).", "",
     ]
     if metrics:
         config_name = Path(str(t.get("config") or "cpu")).stem

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     seg = parser.add_argument_group("segmenter and experiment stages")
     seg.add_argument("--synthetic", type=Path,
-                     help="segmenter: also train on these synthetic pairs (sample_*/ folders or an nnU-Net raw dataset)")
+                     help="segmenter: also train on these synthetic pairs "
+                          "(sample_*/ folders or an nnU-Net raw dataset)")
     seg.add_argument("--synthetic-from", type=Path,
                      help="experiment: pre-made synthetic pairs instead of sampling the generator bundles")
     ev = parser.add_argument_group("evaluate stage")
