@@ -336,3 +336,40 @@ def test_trainer_class_follows_the_config():
         seg_config({"segmenter": {"trainer": {"epochs": 0}}, "path": "x"})
     with pytest.raises(VentricleSynthError):
         seg_config({"segmenter": {"plan": "huge"}, "path": "x"})
+
+
+# --- the bundled cpu segmenter (quality; skipped until its bundle is committed) ------------------------
+
+BUNDLED = REPO / "VentricleSynth" / "Resources" / "Models"
+
+
+@pytest.mark.skipif(not (BUNDLED / "segmenter" / "config.json").is_file(), reason="no bundled segmenter")
+def test_bundled_segmenter_finds_the_templates_ventricles_on_a_1mm_grid_with_skull(tmp_path):
+    """The committed ICBM template (skull on, never a training case as such) resampled to 1 mm RAS and
+    to 1 mm LPS: the bundled model's ventricles overlap the template's own labels and match their volume,
+    whatever the input orientation."""
+    from training.templates import load_committed
+    from VentricleSynthLib.geometry import ras_grid, resample
+    from VentricleSynthLib.overlap import dice
+
+    template = load_committed()
+    centre = template.affine @ np.array([*(np.array(template.t1.shape) - 1) / 2.0, 1.0])
+    grid = ras_grid(1.0, (160, 192, 160), centre[:3])
+    image = Volume(resample(template.t1.astype(np.float32) * 255.0, template.affine, grid, order=1), grid.affine)
+    truth = np.isin(resample(template.label, template.affine, grid, order=0), VENTRICLE_LABELS)
+    save_volume(image, tmp_path / "ras.nii.gz")
+    save_volume(_reoriented(image, spacing=None), tmp_path / "lps.nii.gz")
+    results = {}
+    for name in ("ras", "lps"):
+        results[name] = segment_file(tmp_path / f"{name}.nii.gz", tmp_path / f"{name}_seg.nii.gz", device="cpu",
+                                     models=BUNDLED)
+    seg = load_labels(tmp_path / "ras_seg.nii.gz")
+    found = np.isin(seg.array, VENTRICLE_LABELS)
+    assert seg.shape == image.shape and np.allclose(seg.affine, image.affine)
+    assert dice(found, truth) >= 0.75, dice(found, truth)
+    truth_ml = truth.sum() / 1000.0
+    assert results["ras"]["ventricle_ml"] == pytest.approx(truth_ml, rel=0.25), (results["ras"], truth_ml)
+    assert results["lps"]["ventricle_ml"] == pytest.approx(results["ras"]["ventricle_ml"], rel=0.03)
+    # left is left: the left lateral ventricle label lies at negative RAS x (the template is centred)
+    ijk = np.argwhere(seg.array == 4)
+    assert ijk.size and (seg.affine @ np.c_[ijk, np.ones(len(ijk))].T)[0].mean() < centre[0]

@@ -33,6 +33,7 @@ from VentricleSynthLib.errors import DatasetError, GeometryMismatchError, Invali
 from VentricleSynthLib.labels import LabelMapping, VENTRICLE_LABELS, mapping_from_spec, validate_label_map
 from VentricleSynthLib.nifti import NIFTI_SUFFIXES, Volume, _affine, _as_3d, _read, atomic_write_bytes, check_same_grid
 from VentricleSynthLib.nnunet_raw import index_to_freesurfer, read_dataset_json, write_csv
+from VentricleSynthLib.overlap import dice, iou
 from VentricleSynthLib.volumes import voxel_volume_ml
 
 CASE_FIELDS = ["case", "ref_ml", "pred_ml", "abs_dv_ml", "signed_dv_ml", "dice", "iou", "hd95_mm"]
@@ -41,18 +42,6 @@ STRIP_SUFFIXES = ("_seg", "_label", "_labels", "_pred", "_synthseg", "_aseg", "_
 
 
 # --- metrics -----------------------------------------------------------------------------------------
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    union = int(np.logical_or(a, b).sum())
-    return 1.0 if union == 0 else int(np.logical_and(a, b).sum()) / union
-
 
 def surface(mask: np.ndarray) -> np.ndarray:
     """Mask voxels with at least one 6-neighbour outside the mask (or outside the array)."""
