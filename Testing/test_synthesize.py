@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import yaml
 
+from VentricleSynthLib.cohort_synthesis import owned, parse_shard
 from VentricleSynthLib.distributions import parse, sample_seed
-from VentricleSynthLib.errors import RequestError
+from VentricleSynthLib.errors import DatasetError, RequestError
 from VentricleSynthLib.labels import VENTRICLE_LABELS
 from VentricleSynthLib.nifti import load_image
 from VentricleSynthLib.nnunet_raw import load_case, read_dataset_json
@@ -159,6 +160,118 @@ def test_synthesize_without_generators_is_a_clean_error(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("shards", [2, 3])
+def test_shards_own_whole_blocks_disjoint_and_covering(shards):
+    """Batch 3, count 8: blocks {0,1,2} {3,4,5} {6,7} (the last one partial), block b to shard b mod N."""
+    parts = [owned(8, 3, k, shards) for k in range(shards)]
+    assert sorted(i for part in parts for i in part) == list(range(8))  # every index once: disjoint, covering
+    for k, part in enumerate(parts):
+        assert all((i // 3) % shards == k for i in part)
+    assert parts[0] == ([0, 1, 2, 6, 7] if shards == 2 else [0, 1, 2]) and parts[-1][-1] == (5 if shards == 2 else 7)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "2"}, "RANK is not"), ({"WORLD_SIZE": "two", "RANK": "0"}, "WORLD_SIZE must be an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "x"}, "RANK must be an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK must be in"),
+])
+def test_torchrun_variables_are_checked(monkeypatch, env, message):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(RequestError, match=message):
+        parse_shard(None)
+
+
+def test_torchrun_rank_gives_the_shard(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "2")
+    assert parse_shard(None) == (2, 3)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert parse_shard("1/4") == (1, 4)
+
+
+def test_pinned_settings_refuse_another_batch_size(tmp_path):
+    from VentricleSynthLib.cohort_synthesis import _pin_settings
+
+    run = {"format": "nnunet", "seed": 1, "batch_size": 3, "device_type": "cpu", "qc_min_dice": None}
+    _pin_settings(tmp_path, run)
+    _pin_settings(tmp_path, dict(run))  # the same settings: accepted (resume, another shard)
+    assert json.loads((tmp_path / "synthesis.json").read_text()) == run
+    assert [p.name for p in tmp_path.iterdir()] == ["synthesis.json"]  # no temporary file left
+    with pytest.raises(RequestError, match=r"other settings \(batch_size\)"):
+        _pin_settings(tmp_path, {**run, "batch_size": 2})
+    with pytest.raises(RequestError, match=r"other settings \(device_type, qc_min_dice\)"):
+        _pin_settings(tmp_path, {**run, "device_type": "cuda", "qc_min_dice": 0.5})
+
+
+def _qc_record(**kw):
+    return {"asked_ml": 50.0, "volume_error_ml": 0.0, "components": 4, "qc_dice": 0.9, **kw}
+
+
+def test_qc_flags_and_filter():
+    from VentricleSynthLib.cohort_qc import DEFAULT_MIN_DICE, MAX_COMPONENTS, flags, passes_filter
+
+    assert flags(_qc_record()) == []
+    assert flags(_qc_record(volume_error_ml=11.0)) == ["volume_off"]  # > 5 mL and > 20 % of 50 mL
+    assert flags(_qc_record(volume_error_ml=-9.0)) == []  # > 5 mL but only 18 %
+    assert flags(_qc_record(asked_ml=10.0, volume_error_ml=4.0)) == []  # 40 % but only 4 mL
+    assert flags(_qc_record(components=0)) == ["no_ventricles"]
+    assert flags(_qc_record(components=MAX_COMPONENTS + 1)) == ["fragmented"]
+    assert flags(_qc_record(components=MAX_COMPONENTS)) == []
+    assert flags(_qc_record(qc_dice=DEFAULT_MIN_DICE - 0.01)) == ["low_dice"]
+    assert flags(_qc_record(qc_dice=0.8), min_dice=0.85) == ["low_dice"]  # the explicit threshold wins
+    assert flags(_qc_record(qc_dice=0.6), min_dice=0.5) == []
+    assert flags(_qc_record(qc_dice=None), min_dice=0.99) == []  # not measured: no flag
+    assert flags(_qc_record(qc_dice=0.1, volume_error_ml=30.0, components=9)) == ["volume_off", "fragmented",
+                                                                                   "low_dice"]
+    assert passes_filter(_qc_record(qc_dice=0.1), None)  # no threshold: kept
+    assert passes_filter(_qc_record(qc_dice=0.8), 0.8) and not passes_filter(_qc_record(qc_dice=0.79), 0.8)
+    assert passes_filter(_qc_record(qc_dice=None), 0.8)  # not measured: kept
+
+
+def test_summary_pairs_asked_and_got_of_the_same_rows():
+    from VentricleSynthLib.cohort_report import summary
+
+    rows = [{"asked_ml": a, "got_ml": g, "qc_dice": d, "included": True, "qc": "ok", "seconds": 1.0}
+            for a, g, d in [(10, 12, 0.9), (20, "", ""), (30, 29, 0.7), (40, 45, "")]]
+    s = summary(rows)
+    assert s["samples"] == 4 and s["median_abs_error_ml"] == 2.0  # |12-10|, |29-30|, |45-40|: the row without got
+    assert s["median_dice"] == 0.8 and s["dice_measured"] == 2  # is left out, not its neighbours shifted
+
+
+def test_incomplete_raw_dataset_is_refused_for_training(tmp_path):
+    from training.segmenter_stage import pair_cases
+    from VentricleSynthLib.nnunet_raw import schema_dataset_json, write_json
+
+    (tmp_path / "imagesTr").mkdir()
+    for case in ("synth_0000", "synth_0001"):
+        (tmp_path / "imagesTr" / f"{case}_0000.nii.gz").write_bytes(b"")
+    write_json(tmp_path / "dataset.json", schema_dataset_json(3))
+    with pytest.raises(DatasetError, match=r"incomplete synthetic dataset \(2 images .* numTraining 3\); rerun"):
+        pair_cases(tmp_path)
+    write_json(tmp_path / "dataset.json", schema_dataset_json(2))
+    assert len(pair_cases(tmp_path)) == 2  # lazily loaded: the counts agree
+    (tmp_path / "records").mkdir()  # one of ours, whose last run did not get to write cases.csv
+    with pytest.raises(DatasetError, match=r"incomplete synthetic dataset \(no cases.csv\); rerun synthesize"):
+        pair_cases(tmp_path)
+
+
+def test_synthesize_config_values_are_type_checked():
+    from training.synthesize_stage import synth_config
+    from VentricleSynthLib.errors import ConfigError
+
+    assert synth_config({"synthesize": {"count": 4}}, {"qc_min_dice": 0.5})["qc_min_dice"] == 0.5
+    for key, value, message in [("count", "12", "synthesize.count must be an integer >= 1"),
+                                ("seed", 1.5, "synthesize.seed must be an integer >= 0"),
+                                ("qc_min_dice", 2, "synthesize.qc_min_dice must be a number in 0..1"),
+                                ("format", "png", "synthesize.format must be one of"),
+                                ("batch_size", True, "synthesize.batch_size must be an integer >= 1")]:
+        with pytest.raises(ConfigError, match=message):
+            synth_config({"path": "c.yaml", "synthesize": {key: value}})
+
+
 # --- with the tiny bundles ------------------------------------------------------------------------------------
 
 def test_killed_run_resumes_and_generates_only_the_missing_samples(resumed):
@@ -171,7 +284,7 @@ def test_killed_run_resumes_and_generates_only_the_missing_samples(resumed):
     assert sorted(l["case"] for l in lines) == sorted(set(after) - set(before))
     summary = rerun.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"synthesize: {COUNT} of {COUNT} samples complete ({COUNT - len(before)} generated now, "
-                              f"{len(before)} already complete)") and "s per sample" in summary
+                              f"{len(before)} already complete), 0 failed,") and "s per sample" in summary
     assert re.search(rf"{COUNT}/{COUNT} \[[0-9:]+<", rerun.stderr)  # the progress bar, with its ETA
     assert not (out / ".partial").exists() or not any((out / ".partial").iterdir())
 
@@ -195,14 +308,27 @@ def test_cohort_is_an_nnunet_dataset_with_records_qc_and_report(resumed, models)
         assert float(r["guidance"]) == 2.0 and int(r["steps"]) == 2 and int(r["candidates"]) == 2 and r["qc"]
         image, label = load_case(out, r["case"], dataset)
         assert float(r["got_ml"]) == pytest.approx(ventricle_volume_ml(label.array, label.affine), abs=1e-2)
-        if index < 2:  # label fidelity is the segmenter's Dice on the written image, recomputed here
-            predicted = seg.predict_profile(image.array)
-            d = dice(np.isin(predicted, VENTRICLE_LABELS), np.isin(label.array, VENTRICLE_LABELS))
+        if index < 2:  # label fidelity: the Dice of what `segment` (a user's path) gives on the written image
+            predicted, _ = seg.segment(image, allow_thick_slices=True)
+            d = dice(np.isin(predicted.array, VENTRICLE_LABELS), np.isin(label.array, VENTRICLE_LABELS))
             assert float(r["qc_dice"]) == pytest.approx(d, abs=1e-4)
+            assert r["qc_model"] == f"{seg.id['name']} {seg.id['sha256'][:12]}"
     report = (out / "report" / "report.md").read_text()
-    assert "median label-fidelity Dice" in report and "Spearman" in report and "SYNTHETIC" in report
+    assert "median label-fidelity Dice" in report and "SYNTHETIC" in report
     median = float(np.median([float(r["qc_dice"]) for r in rows]))
     assert f"**{median:.3f}** over {COUNT} samples" in report
+    # the volume-control numbers, recomputed from cases.csv
+    from scipy.stats import spearmanr
+
+    asked, got = np.array([float(r["asked_ml"]) for r in rows]), np.array([float(r["got_ml"]) for r in rows])
+    assert f"- samples: {COUNT} ({COUNT} in the dataset, 0 rejected" in report
+    shown = re.search(r"Spearman correlation of obtained with asked volume: (\S+)", report).group(1)
+    if np.ptp(got) > 0:
+        assert float(shown) == pytest.approx(spearmanr(asked, got)[0], abs=6e-4)
+    else:
+        assert shown == "n/a"
+    shown = re.search(r"median \|obtained - asked\|: ([0-9.]+) mL", report).group(1)
+    assert float(shown) == pytest.approx(np.median(np.abs(got - asked)), abs=6e-3)
     for png in ("volumes.png", "qc.png", "montage.png"):
         assert (out / "report" / png).stat().st_size > 1000
 
@@ -260,27 +386,57 @@ def test_batched_sampling_matches_single_samples(models):
         assert pair.record["candidates_ml"] == pytest.approx(single.record["candidates_ml"], abs=0.5)
 
 
-def test_qc_filter_moves_samples_out_of_the_dataset_and_back(resumed, models, tmp_path):
-    out = tmp_path / "filtered"
-    shutil.copytree(resumed["out"], out)
-    dices = sorted(json.loads(p.read_text())["qc_dice"] for p in _records(out).values())
+_COMMON = ["generate", "--distribution", "uniform", "--count", COUNT, "--seed", 6000, "--steps", 2,
+           "--format", "nnunet", "--no-progress"]  # the CLI twin of the test config's synthesize: section
+
+
+def test_qc_filter_keeps_samples_out_of_the_dataset(resumed, models, tmp_path):
+    common = _COMMON + ["--models", models["bundles"]]
+    dices = sorted(json.loads(p.read_text())["qc_dice"] for p in _records(resumed["out"]).values())
     # the upper half stays, or (all equal) none does
     threshold = dices[len(dices) // 2] if dices[0] < dices[-1] else min(1.0, dices[0] + 1e-3)
-    common = ["generate", "--distribution", "uniform", "--count", COUNT, "--seed", 6000, "--steps", 2,
-              "--format", "nnunet", "--models", models["bundles"], "--no-progress"]
+    out = tmp_path / "filtered"
     done = _run(CLI + common + ["--out", out, "--qc-min-dice", threshold])
     assert done.returncode == 0, done.stderr[-3000:]
-    kept = sum(d >= threshold for d in dices)
-    assert "0 generated now" in done.stdout and read_dataset_json(out)["numTraining"] == kept
+    kept = sum(d >= threshold for d in dices)  # the same samples as the unfiltered cohort's: the same Dice
+    assert read_dataset_json(out)["numTraining"] == kept
     assert len(list((out / "imagesTr").glob("*.nii.gz"))) == kept
     assert len(list((out / "rejected" / "labelsTr").glob("*.nii.gz"))) == COUNT - kept
     with open(out / "cases.csv", newline="") as fh:
         assert sum(r["included"] == "True" for r in csv.DictReader(fh)) == kept
-    done = _run(CLI + common + ["--out", out])
-    assert done.returncode == 0 and read_dataset_json(out)["numTraining"] == COUNT
-    # other settings in the same folder are refused
-    done = _run(CLI + common + ["--out", out, "--guidance", "3"])
-    assert done.returncode != 0 and "other settings (guidance)" in done.stderr and "Traceback" not in done.stderr
+    # the filter, the batch size and the sampling settings are pinned: other values are refused, nothing changes
+    for extra, key in [(["--qc-min-dice", 0.0], "qc_min_dice"), (["--batch-size", 2], "batch_size"),
+                       (["--guidance", 3], "guidance")]:
+        done = _run(CLI + common + ["--out", out, *extra])
+        assert done.returncode != 0 and f"other settings ({key})" in done.stderr, done.stderr[-2000:]
+        assert done.stderr.startswith("error:") and "Traceback" not in done.stderr
+    assert read_dataset_json(out)["numTraining"] == kept
+
+
+def test_interrupted_sample_is_cleared_and_redone_identically(resumed, models, tmp_path):
+    """A kill between moving a sample's files into the dataset and writing its record: the next run removes
+    the files, the staging folder and the half-written record, and makes the sample again, value for value."""
+    out = tmp_path / "interrupted"
+    shutil.copytree(resumed["out"], out)
+    case = "synth_0006"
+    original = json.loads((out / "records" / f"{case}.json").read_text())
+    image0, label0 = load_case(out, case)
+    others = {name: p.stat().st_mtime_ns for name, p in _records(out).items() if name != case}
+    (out / "records" / f"{case}.json").unlink()
+    (out / ".partial" / case).mkdir(parents=True)
+    (out / ".partial" / case / "junk.nii.gz").write_bytes(b"half")
+    (out / "imagesTr" / f"{case}_0000.nii.gz").write_bytes(b"not the finished image")
+    (out / "records" / f".{case}.json.tmp").write_text("{")
+    done = _run(CLI + _COMMON + ["--models", models["bundles"], "--out", out])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [json.loads(l)["case"] for l in done.stdout.splitlines() if l.startswith("{")] == [case]
+    record = json.loads((out / "records" / f"{case}.json").read_text())
+    assert {k: v for k, v in record.items() if k not in TIMING} == {k: v for k, v in original.items()
+                                                                       if k not in TIMING}
+    image, label = load_case(out, case)
+    assert np.array_equal(image.array, image0.array) and np.array_equal(label.array, label0.array)
+    assert {name: p.stat().st_mtime_ns for name, p in _records(out).items() if name != case} == others
+    assert not (out / ".partial").exists() and not list((out / "records").glob(".*"))
 
 
 def test_samples_format_and_unwritable_out(models, tmp_path):
@@ -344,3 +500,10 @@ def test_bundled_models_cohort_follows_the_asked_volumes(tmp_path):
     assert spearmanr(asked, got)[0] >= 0.9, list(zip(asked, got))
     report = (out / "report" / "report.md").read_text()
     assert "median label-fidelity Dice" in report and (out / "report" / "montage.png").stat().st_size > 1000
+    from VentricleSynthLib.model_store import SEGMENTER, models_dir
+
+    if (models_dir(None) / SEGMENTER).is_dir():
+        assert re.search(r"label map\): \*\*[01]\.\d{3}\*\* over 12 samples", report), \
+            "a segmenter bundle is available: the report must give the median Dice as a number"
+    else:  # no bundled segmenter (weight budget): the Dice cannot be measured, and the report says so
+        assert "label map): not measured (no segmenter bundle" in report, "no segmenter bundle: Dice not measured"

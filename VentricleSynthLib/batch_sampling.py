@@ -14,26 +14,14 @@ import time
 import numpy as np
 import torch
 
-from .generators import ImageGenerator, MaskGenerator, Pair, Progress, _check_steps, generate_pair
+from .generators import ImageGenerator, MaskGenerator, Pair, Progress, generate_pair, pair_record
 from .labels import one_hot, to_indices
-from .networks import condition, ddim, mask_unet_input
-from .volumes import tiv_ml, ventricle_volume_ml
 
 
-def _denoise(model, denoise_fn, steps: int, seeds: list[int], per_seed: int, stage: str,
-             progress: Progress | None) -> torch.Tensor:
-    """The DDIM loop of `_LatentDiffusion._denoise` over several seeds, `per_seed` latents drawn from each."""
-    scheduler = ddim(model.scheduler_kwargs)
-    _check_steps(steps, scheduler.num_train_timesteps)
-    scheduler.set_timesteps(steps, device=model.device)
-    z = torch.cat([torch.randn((per_seed, *model.latent_shape), generator=torch.Generator().manual_seed(int(s)),
-                               device="cpu") for s in seeds]).to(model.device)
-    for i, t in enumerate(scheduler.timesteps, start=1):
-        eps = denoise_fn(z, t.reshape(1).expand(z.shape[0]).to(model.device))
-        z, _ = scheduler.step(eps, int(t), z)
-        if progress:
-            progress(stage, i, steps)
-    return z / model.scale_factor + model.latent_shift.to(z.device)
+def _noise(model, seeds: list[int], per_seed: int) -> torch.Tensor:
+    """`per_seed` initial latents from each seed's own generator, as a single sample draws them."""
+    return torch.cat([torch.randn((per_seed, *model.latent_shape), generator=torch.Generator().manual_seed(int(s)),
+                                  device="cpu") for s in seeds])
 
 
 @torch.no_grad()
@@ -43,16 +31,8 @@ def sample_masks(mask: MaskGenerator, volumes: list[float], guidance: float, ste
     k = int(candidates)
     for v in volumes:
         mask.check_request(v, guidance, steps, k)
-    n = len(volumes) * k
-    v = torch.tensor([mask.normalise(x) for x in volumes for _ in range(k)], device=mask.device)
-    context = torch.cat([condition(v), condition(v, keep=torch.zeros(n, device=mask.device))])
-
-    def denoise(z, t):
-        zz = mask_unet_input(torch.cat([z, z]), context, mask.unet_arch)
-        eps_c, eps_u = mask.unet(zz, torch.cat([t, t]), context=context).chunk(2)
-        return eps_u + guidance * (eps_c - eps_u)
-
-    z = _denoise(mask, denoise, steps, seeds, k, "mask", progress)
+    denoise = mask._guided([x for x in volumes for _ in range(k)], guidance)
+    z = mask._denoise(denoise, steps, None, "mask", progress, z0=_noise(mask, seeds, k))
     out = []
     for j, asked in enumerate(volumes):  # exactly MaskGenerator.sample_with_record's choice
         label, chosen = mask.choose(z[j * k:(j + 1) * k], asked)
@@ -68,7 +48,7 @@ def sample_images(image: ImageGenerator, labels: list[np.ndarray], steps: int, s
     def denoise(z, t):
         return image.unet(z, t, seg=seg)
 
-    z = _denoise(image, denoise, steps, seeds, 1, "image", progress)
+    z = image._denoise(denoise, steps, None, "image", progress, z0=_noise(image, seeds, 1))
     out = image.autoencoder.decode(z, seg)[:, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
     return [out[j] for j in range(len(labels))]
 
@@ -88,17 +68,6 @@ def generate_pairs(mask: MaskGenerator, image: ImageGenerator, volumes: list[flo
     k = int(mask.sampling.get("candidates", 1)) if candidates is None else candidates
     masks = sample_masks(mask, [float(v) for v in volumes], guidance, mask_steps, seeds, k, progress)
     images = sample_images(image, [label for label, _ in masks], image_steps, seeds, progress)
-    seconds = round((time.perf_counter() - start) / len(volumes), 3)
-    return [Pair(img, label, mask.affine, {
-        "asked_ml": float(v),
-        "got_ml": round(ventricle_volume_ml(label, mask.affine), 3),
-        "tiv_ml": round(tiv_ml(label, mask.affine), 2),
-        "seed": int(s),
-        "steps": {"mask": sampled["steps"], "image": image_steps},
-        "guidance": sampled["guidance"],
-        "candidates": sampled["candidates"],
-        "candidates_ml": sampled["candidates_ml"],
-        "seconds": seconds,
-        "device": str(mask.device),
-        "models": {"mask": mask.id, "image": image.id},
-    }) for img, (label, sampled), v, s in zip(images, masks, volumes, seeds)]
+    seconds = (time.perf_counter() - start) / len(volumes)
+    return [Pair(img, label, mask.affine, pair_record(mask, image, v, label, sampled, image_steps, s, seconds))
+            for img, (label, sampled), v, s in zip(images, masks, volumes, seeds)]

@@ -105,13 +105,13 @@ def _generate_cohort(args) -> int:
         raise RequestError("generate needs --ventricle-ml V or --distribution SPEC")
     spec = args.distribution if args.distribution is not None else f"list:{args.ventricle_ml!r}"
     count = args.count if args.count is not None or args.distribution is not None else 1
-    synthesize(CohortRequest(
+    result = synthesize(CohortRequest(
         out=args.out, distribution=spec, count=count, seed=args.seed, guidance=args.guidance, steps=args.steps,
-        candidates=args.candidates,
-        format=args.format or "samples", shard=args.shard, batch_size=args.batch_size, qc_min_dice=args.qc_min_dice,
+        candidates=args.candidates, format=args.format or CohortRequest.format, shard=args.shard,
+        batch_size=args.batch_size, qc_min_dice=args.qc_min_dice,
         device=args.device, models=args.models, progress=not args.no_progress),
         log=lambda line: print(line, flush=True))
-    return 0
+    return 1 if result["failures"] else 0  # the summary line said how many; a rerun retries them
 
 
 def _cmd_worker(args) -> int:

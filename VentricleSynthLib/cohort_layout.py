@@ -9,8 +9,9 @@
     folder is assembled aside and renamed into place, its sample.json being the record.
 
 Samples that `--qc-min-dice` turns away live under OUT/rejected/ in the same layout (kept for inspection,
-outside the dataset). Only the process that owns an index writes its files; a kill leaves at most hidden
-staging files, which that owner clears before it redoes the sample.
+outside the dataset). Only the process that owns an index writes its files. A kill can leave staging files,
+or (nnunet) dataset files whose record was not written yet; `clear(index)` removes all of them, and the
+owner calls it for every incomplete index when it starts, so no reader finds files without a record.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ class NnunetLayout:
     def read_record(self, index: int) -> dict:
         return json.loads(self._record_path(index).read_text())
 
-    def clear_partial(self, index: int) -> None:
+    def clear(self, index: int) -> None:
+        """Remove whatever an interrupted write of an incomplete sample left (staging, dataset files, record)."""
         shutil.rmtree(self.root / ".partial" / self.case(index), ignore_errors=True)
         for p in (self.root / "records").glob(f".{self.case(index)}.json.*"):  # an interrupted record write
+            p.unlink(missing_ok=True)
+        for p in self._paths(index, True) + self._paths(index, False):
             p.unlink(missing_ok=True)
 
     def write(self, index: int, image: np.ndarray, label: np.ndarray, affine: np.ndarray, record: dict,
@@ -63,12 +67,10 @@ class NnunetLayout:
         """Stage both files, rename the label then the image into place, then write the record.
 
         A reader listing imagesTr/ never finds an image without its label; a sample without its record
-        is redone by its owner."""
-        self.clear_partial(index)
+        is cleared and redone by its owner."""
+        self.clear(index)
         staging = self.root / ".partial" / self.case(index)
         write_case(staging, self.case(index), Volume(image.astype(np.float32), affine), Volume(label, affine))
-        for stale in self._paths(index, not keep):
-            stale.unlink(missing_ok=True)
         staged = [label_path(staging, self.case(index)), image_path(staging, self.case(index))]
         for src, dst in zip(staged, self._paths(index, keep)):
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -80,20 +82,13 @@ class NnunetLayout:
         except OSError:
             pass
 
-    def place(self, index: int, keep: bool) -> None:
-        """Move a complete sample into (keep) or out of the dataset."""
-        for src, dst in zip(self._paths(index, not keep), self._paths(index, keep)):
-            if src.is_file():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
-
     def included(self, index: int) -> bool:
         return image_path(self.root, self.case(index)).is_file()
 
     def records(self) -> list[dict]:
         folder = self.root / "records"
-        paths = sorted(p for p in folder.glob("synth_*.json")) if folder.is_dir() else []
-        return [json.loads(p.read_text()) for p in paths]
+        records = [json.loads(p.read_text()) for p in folder.glob("synth_*.json")] if folder.is_dir() else []
+        return sorted(records, key=lambda r: r["index"])
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         base = self.root if self.included(index) else self.root / REJECTED
@@ -128,22 +123,17 @@ class SamplesLayout:
     def read_record(self, index: int) -> dict:
         return json.loads((self._existing(index) / "sample.json").read_text())
 
-    def clear_partial(self, index: int) -> None:
+    def clear(self, index: int) -> None:
+        """Remove staging folders an interrupted write left (a sample folder only appears whole)."""
         for parent in (self.root, self.root / REJECTED):
             for p in parent.glob(f".{self.case(index)}.*") if parent.is_dir() else []:
                 shutil.rmtree(p, ignore_errors=True)
 
     def write(self, index: int, image: np.ndarray, label: np.ndarray, affine: np.ndarray, record: dict,
               keep: bool = True) -> None:
-        self.clear_partial(index)
+        self.clear(index)
         shutil.rmtree(self._folder(index, not keep), ignore_errors=True)
         write_sample(self._folder(index, keep).parent, index, image, label, affine, record)
-
-    def place(self, index: int, keep: bool) -> None:
-        src, dst = self._folder(index, not keep), self._folder(index, keep)
-        if src.is_dir() and not dst.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
 
     def included(self, index: int) -> bool:
         return (self._folder(index, True) / "sample.json").is_file()

@@ -2,8 +2,10 @@
 
 Label fidelity: the segmenter bundle segments the generated image and its ventricles are compared with
 the generated label map's (Dice of the six-label union). A pair whose image does not show the ventricles
-its label map claims teaches a segmenter the wrong thing, whatever the volumes say. Without a segmenter
-bundle the Dice is not measured (NaN) and the record says why.
+its label map claims teaches a segmenter the wrong thing, whatever the volumes say. The image goes through
+`Segmenter.segment`, the path a user's image takes (intensity normalisation, centring, resampling), so the
+Dice measures what a user gets. Without a segmenter bundle the Dice is not measured (None) and the record
+says why.
 
 The measurements are stored with each sample; the flags are derived from them and the thresholds below
 (or `--qc-min-dice`) whenever the cohort is assembled.
@@ -26,11 +28,10 @@ VOLUME_TOLERANCE_ML = 5.0  # flag `volume_off` when |got - asked| exceeds both t
 VOLUME_TOLERANCE_REL = 0.2  # ... and this fraction of the asked volume
 MAX_COMPONENTS = 6  # six ventricle structures; more 26-connected pieces means islands
 DEFAULT_MIN_DICE = 0.7  # flag `low_dice` below this unless --qc-min-dice sets the threshold
-QC_FIELDS = ("qc_dice", "qc_seg_ml", "volume_error_ml", "components", "largest_component_fraction", "qc_note")
 
 
 class FidelityCheck:
-    """The segmenter bundle for label fidelity, or nothing (then every Dice is NaN with `note`)."""
+    """The segmenter bundle for label fidelity, or nothing (then every Dice is None, with `note`)."""
 
     def __init__(self, folder: Path | None, device: str | None = "auto", note: str = ""):
         self.segmenter = None
@@ -49,15 +50,10 @@ class FidelityCheck:
         """Ventricle labels of the generated image on its own grid (None, why) when not measurable."""
         if self.segmenter is None:
             return None, self.note
-        seg = self.segmenter
-        profile = seg.profile
-        if tuple(image.shape) == tuple(profile.shape) and np.allclose(np.asarray(affine)[:3, :3],
-                                                                       np.diag(profile.spacing), atol=1e-3):
-            return seg.predict_profile(image), ""  # already on the segmenter's grid: no resampling
         from .segmenter import UnsuitableImageError
 
         try:
-            label, _ = seg.segment(Volume(image, affine), allow_thick_slices=True)
+            label, _ = self.segmenter.segment(Volume(image, affine), allow_thick_slices=True)
         except UnsuitableImageError as exc:
             return None, f"segmenter refused the image: {exc}"
         return label.array, ""

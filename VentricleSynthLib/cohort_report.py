@@ -22,18 +22,26 @@ DICE_GOAL = 0.85
 TABLE_ROWS = 200
 
 
+def _number(v) -> float | None:
+    """A finite float from a row's cell, None for an empty or non-finite one."""
+    if v in (None, ""):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
 def _floats(rows: list[dict], key: str) -> np.ndarray:
-    out = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
-    return np.asarray([v for v in out if math.isfinite(v)], dtype=float)
+    return np.asarray([v for v in (_number(r.get(key)) for r in rows) if v is not None], dtype=float)
 
 
 def summary(rows: list[dict]) -> dict:
     """The cohort's headline numbers (JSON-ready; None where not measurable)."""
     from scipy.stats import spearmanr
 
-    asked, got = _floats(rows, "asked_ml"), _floats(rows, "got_ml")
+    measured = [r for r in rows if _number(r.get("asked_ml")) is not None and _number(r.get("got_ml")) is not None]
+    asked, got = _floats(measured, "asked_ml"), _floats(measured, "got_ml")  # aligned: the same rows
     dice = _floats(rows, "qc_dice")
-    err = got - asked if len(asked) == len(got) else np.array([])
+    err = got - asked
     rho = None
     if len(asked) >= 3 and np.ptp(asked) > 0 and np.ptp(got) > 0:
         rho = float(spearmanr(asked, got)[0])
@@ -136,8 +144,10 @@ def write_report(out: Path, rows: list[dict], run: dict, load: Callable[[int], t
     dice_line = (f"**{s['median_dice']:.3f}** over {s['dice_measured']} samples (goal >= {DICE_GOAL})"
                  if s["median_dice"] is not None else
                  f"not measured ({next((r['qc_note'] for r in rows if r.get('qc_note')), 'no segmenter bundle')})")
-    seg = run.get("segmenter")
-    seg_text = f"`{seg['name']}` {seg['sha256'][:12]}" if seg else "none"
+    models = sorted({r["qc_model"] for r in rows if r.get("qc_model")})
+    seg_text = ", ".join(f"`{m}`" for m in models) or "none"
+    if len(models) > 1:
+        seg_text += " (several: their Dice values are not comparable; see cases.csv qc_model)"
     rel = None if s["median_rel_error"] is None else 100 * s["median_rel_error"]
     lines = [
         "# Synthetic cohort",

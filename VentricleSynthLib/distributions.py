@@ -29,7 +29,6 @@ import numpy as np
 
 from .errors import RequestError
 
-KINDS = ("uniform", "buckets", "match", "list")
 BUCKETS = 10
 MATCH_COLUMNS = ("ventricle_ml", "got_ml", "volume_ml", "asked_ml", "target_ml")
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
@@ -45,6 +44,8 @@ def sample_seed(base: int, index: int) -> int:
 
 
 def check_seed(seed) -> int:
+    """The base seed as an int in 0..2**63-1 (numpy's SeedSequence needs it >= 0); bools and floats are refused
+    rather than silently truncated."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
         raise RequestError(f"--seed must be an integer >= 0, got {seed!r}")
     return int(seed)
@@ -61,12 +62,13 @@ class Distribution:
     # --- identity ----------------------------------------------------------------------------------
     @property
     def spec(self) -> str:
-        """Normalised spec: equal specs draw equal volumes (a match is identified by its values' digest)."""
+        """Normalised spec: equal specs draw equal volumes. A match is identified by its values' digest only,
+        so the same CSV copied or moved elsewhere is the same distribution."""
         if self.kind == "list":
             return "list:" + ",".join(f"{v:g}" for v in self.values)
         if self.kind == "match":
             digest = hashlib.sha256(np.asarray(self.values, np.float64).tobytes()).hexdigest()[:16]
-            return f"match:{self.source}#{digest}"
+            return f"match#{digest}"
         return self.kind if self.low is None else f"{self.kind}:{self.low:g}-{self.high:g}"
 
     def describe(self) -> str:
@@ -113,6 +115,8 @@ class Distribution:
 
 
 def _inverse_histogram_cdf(values: np.ndarray, u: float) -> float:
+    """The volume at quantile `u` of the histogram of `values` (linear inside each bin), so draws follow the
+    histogram's shape rather than repeating the listed values."""
     if values.min() == values.max():
         return float(values[0])
     counts, edges = np.histogram(values, bins="auto")

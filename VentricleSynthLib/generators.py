@@ -69,14 +69,18 @@ class _LatentDiffusion:
                 f"model bundle {self.folder}: {name} weights do not fit its config ({exc})") from None
         return module.to(self.device).eval()
 
-    def _denoise(self, denoise_fn, steps: int, generator: torch.Generator, stage: str,
-                 progress: Progress | None, batch: int = 1) -> torch.Tensor:
+    def _denoise(self, denoise_fn, steps: int, generator: torch.Generator | None, stage: str,
+                 progress: Progress | None, batch: int = 1, z0: torch.Tensor | None = None) -> torch.Tensor:
+        """The DDIM loop from `batch` latents drawn from `generator`, or from the given noise `z0` (batched
+        cohorts draw each sample's noise from its own seed)."""
         scheduler = ddim(self.scheduler_kwargs)
         _check_steps(steps, scheduler.num_train_timesteps)
         scheduler.set_timesteps(steps, device=self.device)
-        z = torch.randn((batch, *self.latent_shape), generator=generator, device="cpu").to(self.device)
+        if z0 is None:
+            z0 = torch.randn((batch, *self.latent_shape), generator=generator, device="cpu")
+        z = z0.to(self.device)
         for i, t in enumerate(scheduler.timesteps, start=1):
-            eps = denoise_fn(z, t.reshape(1).expand(batch).to(self.device))
+            eps = denoise_fn(z, t.reshape(1).expand(z.shape[0]).to(self.device))
             z, _ = scheduler.step(eps, int(t), z)
             if progress:
                 progress(stage, i, steps)
@@ -144,17 +148,22 @@ class MaskGenerator(_LatentDiffusion):
         k = int(self.sampling.get("candidates", 1)) if candidates is None else candidates
         self.check_request(volume_ml, guidance, steps, k)
         generator = torch.Generator().manual_seed(int(seed))
-        v = torch.full((k,), self.normalise(volume_ml), device=self.device)
-        context = torch.cat([condition(v), condition(v, keep=torch.zeros(k, device=self.device))])
+        denoise = self._guided([volume_ml] * k, guidance)
+        z = self._denoise(denoise, steps, generator, "mask", progress, batch=k)
+        label, chosen = self.choose(z, volume_ml)
+        return label, {"guidance": guidance, "steps": steps, "candidates": k, **chosen}
+
+    def _guided(self, volumes_ml: list[float], guidance: float):
+        """The classifier-free guided noise estimate for latents asking these volumes (one per latent)."""
+        v = torch.tensor([self.normalise(float(x)) for x in volumes_ml], dtype=torch.float32, device=self.device)
+        context = torch.cat([condition(v), condition(v, keep=torch.zeros(len(v), device=self.device))])
 
         def denoise(z, t):
             zz = mask_unet_input(torch.cat([z, z]), context, self.unet_arch)
             eps_c, eps_u = self.unet(zz, torch.cat([t, t]), context=context).chunk(2)
             return eps_u + guidance * (eps_c - eps_u)
 
-        z = self._denoise(denoise, steps, generator, "mask", progress, batch=k)
-        label, chosen = self.choose(z, volume_ml)
-        return label, {"guidance": guidance, "steps": steps, "candidates": k, **chosen}
+        return denoise
 
     @torch.no_grad()
     def choose(self, latents: torch.Tensor, volume_ml: float) -> tuple[np.ndarray, dict]:
@@ -213,8 +222,15 @@ def generate_pair(mask: MaskGenerator, image: ImageGenerator, volume_ml: float, 
     image_steps = int(image.sampling["steps"] if steps is None else steps)
     label, sampled = mask.sample_with_record(volume_ml, guidance, steps, seed, progress, candidates)
     img = image.sample(label, image_steps, seed, progress)
+    return Pair(img, label, mask.affine,
+                pair_record(mask, image, volume_ml, label, sampled, image_steps, seed, time.perf_counter() - start))
+
+
+def pair_record(mask: MaskGenerator, image: ImageGenerator, volume_ml: float, label: np.ndarray, sampled: dict,
+                image_steps: int, seed: int, seconds: float) -> dict:
+    """A generated pair's record: what was asked, what was obtained, how (`sampled`: the mask sampling's)."""
     affine = mask.affine
-    record = {
+    return {
         "asked_ml": float(volume_ml),
         "got_ml": round(ventricle_volume_ml(label, affine), 3),
         "tiv_ml": round(tiv_ml(label, affine), 2),
@@ -223,8 +239,7 @@ def generate_pair(mask: MaskGenerator, image: ImageGenerator, volume_ml: float, 
         "guidance": sampled["guidance"],
         "candidates": sampled["candidates"],
         "candidates_ml": sampled["candidates_ml"],
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": round(seconds, 3),
         "device": str(mask.device),
         "models": {"mask": mask.id, "image": image.id},
     }
-    return Pair(img, label, affine, record)

@@ -116,14 +116,23 @@ def cohort_cases(data_root: Path, dataset: str, splits=("train", "val")) -> list
 
 
 def pair_cases(folder: Path, prefix: str = "synth", val_every: int = 0) -> list[Case]:
-    """Synthetic pairs: `sample_*/{image,label}.nii.gz` folders or an nnU-Net raw dataset."""
+    """Synthetic pairs: `sample_*/{image,label}.nii.gz` folders or an nnU-Net raw dataset.
+
+    A raw dataset that a synthesize run has not finished (imagesTr/ disagrees with numTraining, or a cohort
+    folder, one with records/, without its cases.csv) is refused rather than trained on in part."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder of synthetic pairs")
     out = []
     if (folder / "dataset.json").is_file():
         ds = read_dataset_json(folder)
-        for i, case in enumerate(list_cases(folder)):
+        cases = list_cases(folder)
+        if (folder / "records").is_dir() and not (folder / "cases.csv").is_file():
+            raise DatasetError(f"{folder}: incomplete synthetic dataset (no cases.csv); rerun synthesize to finish it")
+        if len(cases) != ds.get("numTraining"):
+            raise DatasetError(f"{folder}: incomplete synthetic dataset ({len(cases)} images in imagesTr/, "
+                               f"dataset.json says numTraining {ds.get('numTraining')}); rerun synthesize to finish it")
+        for i, case in enumerate(cases):
             out.append(Case(f"{prefix}_{i:04d}", f"{folder.name}/{case}", "train",
                             lambda c=case: load_case(folder, c, ds)))
     else:

@@ -73,12 +73,12 @@ def _stage_calibrate(args, config) -> int:
 def _stage_synthesize(args, config) -> int:
     from training import synthesize_stage
 
-    synthesize_stage.run(config, args.work, models=args.models, out=args.out, shard=args.shard,
-                         overrides={"count": args.count, "distribution": args.distribution,
-                                    "qc_min_dice": args.qc_min_dice, "batch_size": args.batch_size,
-                                    "device": args.device},
-                         log=lambda line: print(line, flush=True))
-    return 0
+    result = synthesize_stage.run(config, args.work, models=args.models, out=args.out, shard=args.shard,
+                                  overrides={"count": args.count, "distribution": args.distribution,
+                                             "qc_min_dice": args.qc_min_dice, "batch_size": args.batch_size,
+                                             "device": args.device},
+                                  log=lambda line: print(line, flush=True))
+    return 1 if result["failures"] else 0  # the summary line said how many; a rerun retries them
 
 
 def _stage_segmenter(args, config) -> int:
@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         return STAGES[args.stage](args, config)
     except VentricleSynthError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, even when a library message spans several
+        print(f"error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
