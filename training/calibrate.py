@@ -153,7 +153,8 @@ def run(config: dict, work: Path, models: Path | None = None, asked=(20, 40, 60,
             previews.append(path)
     result = {"volume_control": stats, "default": setting_name(default_w, default_k), "steps": steps, "rows": rows,
               "t1_contrast_fraction": float(np.mean(contrast)), "image_samples": image_samples,
-              "pair_seconds_median": float(np.median(pair_seconds)), "command": command}
+              "pair_seconds_median": float(np.median(pair_seconds)), "command": command,
+              "threads": _torch_threads()}
     text = json.dumps(result, indent=2)
     atomic_write_bytes(out / "calibration.json", lambda tmp: Path(tmp).write_text(text))
     _write_cards(models, result, out, previews, command)
@@ -175,7 +176,8 @@ def _write_cards(models: Path, result: dict, out: Path, previews: list[Path], co
                      f"{100 * s['main_classes_fraction']:.0f} % | {100 * s['one_component_fraction']:.0f} % | "
                      f"{s['seconds_median']:.1f} | {s['samples']} |")
     shutil.copyfile(out / "volume_control.png", mask_dir / "volume_control.png")
-    body = (f"Measured with `{command}` (CPU, {result['steps']} DDIM steps; asked {', '.join(asked)} mL, "
+    body = (f"Measured with `{command}` (CPU, {result['threads']} torch threads, {result['steps']} DDIM steps; "
+            f"asked {', '.join(asked)} mL, "
             f"{len({r['seed'] for r in result['rows']})} seeds each; K = 1 is the diffusion model alone, K > 1 keeps "
             "the candidate closest to the asked volume).\n\n"
             + "\n".join(lines) + "\n\n![asked vs obtained](volume_control.png)\n")
@@ -186,8 +188,15 @@ def _write_cards(models: Path, result: dict, out: Path, previews: list[Path], co
             f"generator's default sampling ({result['default']}). Mean intensity WM > GM > ventricles inside "
             f"the conditioning label map in "
             f"{100 * result['t1_contrast_fraction']:.0f} % of samples. Median seconds per pair (both stages, "
-            f"{result['steps']} steps each, 2 CPU cores): {result['pair_seconds_median']:.1f} s.\n\n"
+            f"{result['steps']} steps each, {result['threads']} torch threads): "
+            f"{result['pair_seconds_median']:.1f} s.\n\n"
             + "".join(f"![preview]({p.name})\n" for p in previews))
     _replace_section(image_dir / "card.md", "Image realism (measured)", body)
     bundles.write_manifest(mask_dir)
     bundles.write_manifest(image_dir)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
