@@ -407,7 +407,7 @@ def test_qc_filter_keeps_samples_out_of_the_dataset(resumed, models, tmp_path):
     # the filter, the batch size and the sampling settings are pinned: other values are refused, nothing changes
     for extra, key in [(["--qc-min-dice", 0.0], "qc_min_dice"), (["--batch-size", 2], "batch_size"),
                        (["--guidance", 3], "guidance")]:
-        done = _run(CLI + common + ["--out", out, *extra])
+        done = _run(CLI + common + ["--out", out, "--qc-min-dice", threshold, *extra])  # the last value wins
         assert done.returncode != 0 and f"other settings ({key})" in done.stderr, done.stderr[-2000:]
         assert done.stderr.startswith("error:") and "Traceback" not in done.stderr
     assert read_dataset_json(out)["numTraining"] == kept
