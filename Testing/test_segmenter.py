@@ -348,15 +348,12 @@ def test_bundled_segmenter_finds_the_templates_ventricles_on_a_1mm_grid_with_sku
     """The committed ICBM template (skull on, never a training case as such) resampled to 1 mm RAS and
     to 1 mm LPS: the bundled model's ventricles overlap the template's own labels and match their volume,
     whatever the input orientation."""
-    from training.templates import load_committed
-    from VentricleSynthLib.geometry import ras_grid, resample
+    from training.templates import committed_on_grid
     from VentricleSynthLib.overlap import dice
 
-    template = load_committed()
-    centre = template.affine @ np.array([*(np.array(template.t1.shape) - 1) / 2.0, 1.0])
-    grid = ras_grid(1.0, (160, 192, 160), centre[:3])
-    image = Volume(resample(template.t1.astype(np.float32) * 255.0, template.affine, grid, order=1), grid.affine)
-    truth = np.isin(resample(template.label, template.affine, grid, order=0), VENTRICLE_LABELS)
+    image, label = committed_on_grid((160, 192, 160), 1.0)
+    truth = np.isin(label, VENTRICLE_LABELS)
+    centre = image.affine @ np.array([*(np.array(image.shape) - 1) / 2.0, 1.0])
     save_volume(image, tmp_path / "ras.nii.gz")
     save_volume(_reoriented(image, spacing=None), tmp_path / "lps.nii.gz")
     results = {}

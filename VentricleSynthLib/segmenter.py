@@ -211,8 +211,12 @@ class Segmenter:
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
         predictor.manual_initialization(network.to(self.device), plans_manager, configuration_manager, parameters,
                                         dataset_json, "nnUNetTrainer", mirror_axes)
-        self.mirror_axes = tuple(mirror_axes) if mirror_axes else ()
         return predictor
+
+    @property
+    def can_mirror(self) -> bool:
+        """Whether the model allows test-time mirroring (models trained without flips allow none)."""
+        return bool(self.predictor.allowed_mirroring_axes)
 
     # --- prediction on the profile grid ----------------------------------------------------------
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
@@ -247,7 +251,7 @@ class Segmenter:
                 progress("segment", i, steps)
 
         warnings = check_input(volume, allow_thick_slices)
-        if self.tta and not self.mirror_axes:
+        if self.tta and not self.can_mirror:
             warnings.append("test-time mirroring was asked for, but this model was trained without flips "
                             "(left/right labels): not applied")
         pre = to_profile(self.profile, image=volume)
@@ -266,7 +270,7 @@ class Segmenter:
             "seconds": round(time.perf_counter() - start, 3),
             "warnings": warnings,
             "device": str(self.device),
-            "tta": self.tta and bool(self.mirror_axes),
+            "tta": self.tta and self.can_mirror,
             "model": self.id,
         }
         report(4)

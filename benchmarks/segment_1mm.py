@@ -32,18 +32,13 @@ SHAPE = (182, 218, 182)
 
 def write_input(folder: Path) -> tuple[Path, float]:
     """The 1 mm test image; returns its path and the template's ventricle volume (mL) on that grid."""
-    from training.templates import load_committed
-    from VentricleSynthLib.geometry import ras_grid, resample
+    from training.templates import committed_on_grid
     from VentricleSynthLib.labels import VENTRICLE_LABELS
-    from VentricleSynthLib.nifti import Volume, save_volume
+    from VentricleSynthLib.nifti import save_volume
 
-    template = load_committed()
-    centre = template.affine @ np.array([*(np.array(template.t1.shape) - 1) / 2.0, 1.0])
-    grid = ras_grid(1.0, SHAPE, centre[:3])
-    image = resample(template.t1.astype(np.float32) * 255.0, template.affine, grid, order=1)
-    label = resample(template.label, template.affine, grid, order=0)
+    image, label = committed_on_grid(SHAPE, 1.0)
     path = folder / "icbm_1mm.nii.gz"
-    save_volume(Volume(image.astype(np.float32), grid.affine), path)
+    save_volume(image, path)
     return path, float(np.isin(label, VENTRICLE_LABELS).sum()) / 1000.0
 
 

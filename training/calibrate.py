@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 from scipy.stats import spearmanr
 
@@ -19,7 +20,6 @@ from VentricleSynthLib.labels import MAIN_CLASSES, CORTEX_LABELS, VENTRICLE_LABE
 from VentricleSynthLib.nifti import atomic_write_bytes
 from VentricleSynthLib.samples import write_preview
 from VentricleSynthLib.volumes import ventricle_volume_ml
-
 
 
 def anatomy_ok(label: np.ndarray) -> dict:
@@ -154,7 +154,7 @@ def run(config: dict, work: Path, models: Path | None = None, asked=(20, 40, 60,
     result = {"volume_control": stats, "default": setting_name(default_w, default_k), "steps": steps, "rows": rows,
               "t1_contrast_fraction": float(np.mean(contrast)), "image_samples": image_samples,
               "pair_seconds_median": float(np.median(pair_seconds)), "command": command,
-              "threads": _torch_threads()}
+              "threads": torch.get_num_threads()}
     text = json.dumps(result, indent=2)
     atomic_write_bytes(out / "calibration.json", lambda tmp: Path(tmp).write_text(text))
     _write_cards(models, result, out, previews, command)
@@ -194,9 +194,3 @@ def _write_cards(models: Path, result: dict, out: Path, previews: list[Path], co
     _replace_section(image_dir / "card.md", "Image realism (measured)", body)
     bundles.write_manifest(mask_dir)
     bundles.write_manifest(image_dir)
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()

@@ -453,6 +453,11 @@ def export_bundle(trained: Path, out: Path, seg: dict, profile: Profile, provena
     return out
 
 
+def _storage_key(tensor) -> tuple:
+    """What makes two state-dict entries the same tensor: storage, offset and shape."""
+    return tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)
+
+
 def _half_state(state: dict) -> dict:
     """float16 copies of a state dict's tensors that keep its sharing.
 
@@ -461,18 +466,17 @@ def _half_state(state: dict) -> dict:
     """
     out, seen = {}, {}
     for key, value in state.items():
-        key_of_storage = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
-        if key_of_storage not in seen:
+        shared = _storage_key(value)
+        if shared not in seen:
             v = value.detach().cpu().contiguous()
-            seen[key_of_storage] = v.half() if v.is_floating_point() else v
-        out[key] = seen[key_of_storage]
+            seen[shared] = v.half() if v.is_floating_point() else v
+        out[key] = seen[shared]
     return out
 
 
 def _parameter_count(state: dict) -> int:
     """Distinct parameters in a state dict whose entries may share storage (see `_half_state`)."""
-    unique = {(v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)): v.numel() for v in state.values()}
-    return int(sum(unique.values()))
+    return int(sum({_storage_key(v): v.numel() for v in state.values()}.values()))
 
 
 def card_text(config: dict, metrics: dict) -> str:

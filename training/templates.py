@@ -157,6 +157,17 @@ def load_committed(folder: Path = COMMITTED_DIR) -> Template:
     return Template(t1.array / 255.0, label.array, t1.affine)
 
 
+def committed_on_grid(shape: tuple[int, int, int], spacing: float = 1.0) -> tuple[Volume, np.ndarray]:
+    """The committed template (T1 with skull, 0-255) and its label map resampled onto a RAS grid of `shape`
+    voxels of `spacing` mm centred on it: a head scan on a grid no training case used."""
+    template = load_committed()
+    centre = template.affine @ np.array([*(np.array(template.t1.shape) - 1) / 2.0, 1.0])
+    grid = ras_grid(spacing, shape, centre[:3])
+    image = resample(template.t1.astype(np.float32) * 255.0, template.affine, grid, order=1)
+    label = resample(template.label, template.affine, grid, order=0)
+    return Volume(image.astype(np.float32), grid.affine), label
+
+
 def load_template(spacing: float) -> Template:
     """The committed 1.5 mm copy when the profile is that coarse or coarser, else the 1 mm original."""
     if spacing >= COMMITTED_SPACING and (COMMITTED_DIR / "label.nii.gz").is_file():
