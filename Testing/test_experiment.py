@@ -107,11 +107,26 @@ def test_synthetic_arms_are_skipped_without_generators(tmp_path, monkeypatch):
     assert root is None and "mask_generator" in why
 
 
-def test_uniform_targets_follow_the_papers_buckets():
-    from training.experiment import uniform_targets
+def test_synthetic_pairs_come_from_the_cohort_synthesis_with_the_papers_buckets(tmp_path):
+    """The experiment's synthetic set is `synthesize` with `buckets` (bundled cpu generators, few steps)."""
+    from training import experiment
+    from training.segmenter_stage import pair_cases
+    from VentricleSynthLib.generators import MaskGenerator
+    from VentricleSynthLib.model_store import MASK
 
-    t = uniform_targets(200, 10.0, 110.0, np.random.default_rng(0))
-    u = (t - 10.0) / 100.0
-    counts = np.histogram(u, bins=10, range=(0, 1))[0]
-    assert counts.min() == counts.max() == 20  # ten buckets of 20, jitter ±0.05 stays inside each bucket
-    assert 10.0 <= t.min() and t.max() <= 110.0
+    models = REPO / "VentricleSynth" / "Resources" / "Models"
+    if not (models / MASK).is_dir():
+        pytest.skip("no bundled generators")
+    exp = {**experiment.DEFAULTS, "synthetic_count": 2, "synthetic_candidates": 1, "synthetic_steps": 3}
+    out = experiment.generate_synthetic(models, tmp_path / "synthetic", exp, tmp_path / "work", progress=print)
+    cases = pair_cases(out)
+    assert len(cases) == 2
+    rows = list(csv.DictReader(open(out / "cases.csv")))
+    lo, hi = MaskGenerator(models / MASK, "cpu").trained_range_ml
+    width = (hi - lo) / 10
+    for k, row in enumerate(rows):  # sample k asks for a volume in bucket k
+        assert lo + k * width - 0.1 <= float(row["asked_ml"]) <= lo + (k + 1) * width + 0.1
+    record = json.loads((out / "synthesis.json").read_text())
+    assert record["distribution"].startswith("buckets:") and record["guidance"] == 4.0  # the bundle's default
+    image, label = cases[0].load()
+    assert image.shape == label.shape

@@ -28,8 +28,9 @@ from VentricleSynthLib.errors import OutputError, VentricleSynthError
 from VentricleSynthLib.labels import LABELS, VENTRICLE_LABELS
 from VentricleSynthLib.nifti import Volume, load_image, save_volume
 from VentricleSynthLib.nnunet_raw import image_path
-from VentricleSynthLib.segmenter import (SEGMENTER_LABELS, Segmenter, UnsuitableImageError, check_input,
-                                         from_segmenter_indices, get_segmenter, segment_file, to_segmenter_indices)
+from VentricleSynthLib.segmenter import (SEGMENTER_LABELS, UNION_REGION, Segmenter, UnsuitableImageError,
+                                         check_input, from_segmenter_indices, get_segmenter, labels_from_outputs,
+                                         segment_file, to_segmenter_indices)
 from VentricleSynthLib.volumes import voxel_volume_ml
 from training.evaluate import load_labels
 
@@ -83,6 +84,27 @@ def test_label_tables_map_exactly_the_six_ventricles():
     assert np.array_equal(from_segmenter_indices(to_segmenter_indices(vent)), vent)
     with pytest.raises(ValueError):
         from_segmenter_indices(np.array([7]))
+
+
+def test_the_union_decides_ventricle_and_the_best_label_names_it():
+    """Three voxels: a small-label voxel split between two labels, a background voxel, a clear lateral."""
+    softmax = np.array([[0.40, 0.80, 0.05],  # background
+                        [0.25, 0.10, 0.90],  # left lateral
+                        [0.00, 0.05, 0.05],
+                        [0.00, 0.00, 0.00],
+                        [0.00, 0.00, 0.00],
+                        [0.35, 0.05, 0.00],  # 3rd
+                        [0.00, 0.00, 0.00]])
+    # union 0.60: a ventricle voxel (argmax over all seven would call it background), named 3rd by its best label
+    assert labels_from_outputs(softmax, union_head=False).tolist() == [14, 0, 4]
+    regions = np.array([[0.70, 0.30, 0.95],  # the ventricular-system region decides...
+                        [0.20, 0.20, 0.90],
+                        [0.05, 0.05, 0.10],
+                        [0.00, 0.00, 0.00],
+                        [0.00, 0.00, 0.00],
+                        [0.40, 0.45, 0.00],  # ...even where no label region passes 0.5 on its own
+                        [0.00, 0.00, 0.00]])
+    assert labels_from_outputs(regions, union_head=True).tolist() == [14, 0, 4]
 
 
 def _head(shape=(60, 72, 60), spacing=(3.0, 3.0, 3.0)) -> Volume:
@@ -143,6 +165,11 @@ def test_bundle_layout_config_and_manifest(tiny):
     assert model.name == "nnUNetTrainer__VentricleSynthPlans__3d_fullres"
     for name in ("plans.json", "dataset.json", "fold_0/checkpoint_final.pth"):
         assert (model / name).is_file() and str((model / name).relative_to(folder)) in manifest["files"]
+    # tiny.yaml trains regions: the ventricular system first, then each label (nnU-Net's region format)
+    assert config["nnunet"]["targets"] == "union+labels"
+    dataset = json.loads((model / "dataset.json").read_text())
+    assert dataset["labels"][UNION_REGION] == [1, 2, 3, 4, 5, 6] and dataset["regions_class_order"][0] == 1
+    assert Segmenter(folder, device="cpu").union_head
     plans = json.loads((model / "plans.json").read_text())
     arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
     assert plans["configurations"]["3d_fullres"]["patch_size"] == [40, 48, 40]
@@ -336,6 +363,9 @@ def test_trainer_class_follows_the_config():
         seg_config({"segmenter": {"trainer": {"epochs": 0}}, "path": "x"})
     with pytest.raises(VentricleSynthError):
         seg_config({"segmenter": {"plan": "huge"}, "path": "x"})
+    with pytest.raises(VentricleSynthError, match="targets"):
+        seg_config({"segmenter": {"targets": "union"}, "path": "x"})
+    assert seg_config({"path": "x"})["targets"] == "labels"  # nnU-Net's default unless a config asks for regions
 
 
 # --- the bundled cpu segmenter (quality; skipped until its bundle is committed) ------------------------

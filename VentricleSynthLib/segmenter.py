@@ -42,6 +42,8 @@ Progress = Callable[[str, int, int], None]
 
 # nnU-Net needs consecutive labels: index i of the network <-> FreeSurfer label SEGMENTER_LABELS[i].
 SEGMENTER_LABELS: tuple[int, ...] = (0, *VENTRICLE_LABELS)  # 0, 4, 43, 5, 44, 14, 15
+# Region-trained bundles (`targets: union+labels`) declare the ventricular system as this nnU-Net region first.
+UNION_REGION = "Ventricular-System"
 
 THICK_SLICE_MM = 5.0  # at or above: refused unless allow_thick_slices (then a warning)
 WARN_SLICE_MM = 3.0  # at or above: a warning
@@ -74,6 +76,23 @@ def from_segmenter_indices(indices: np.ndarray, table: dict[int, int] | None = N
     if idx.size and (idx.min() < 0 or idx.max() >= lut.size):
         raise ValueError(f"class index out of range 0..{lut.size - 1}")
     return lut[idx]
+
+
+def union_and_scores(outputs: np.ndarray, union_head: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The ventricles' union probability and the six label scores from the network's outputs (C, ...).
+
+    Softmax models (background + six labels): the union is the sum of the six label probabilities.
+    Region models (union region + six label regions, sigmoid): the union is its own head. Either way a
+    voxel is ventricle where the union exceeds 0.5 and is named by the highest label score.
+    """
+    outputs = np.asarray(outputs)
+    return (outputs[0] if union_head else outputs[1:].sum(axis=0)), outputs[1:]
+
+
+def labels_from_outputs(outputs: np.ndarray, union_head: bool, table: dict[int, int] | None = None) -> np.ndarray:
+    """FreeSurfer ventricle labels from the network's outputs on their own grid (see `union_and_scores`)."""
+    union, scores = union_and_scores(outputs, union_head)
+    return from_segmenter_indices(np.where(union > 0.5, scores.argmax(axis=0) + 1, 0), table)
 
 
 # --- input sanity --------------------------------------------------------------------------------
@@ -196,7 +215,13 @@ class Segmenter:
         plans_manager = PlansManager(plans)
         configuration_manager = plans_manager.get_configuration(configuration)
         num_inputs = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
-        num_outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+        label_manager = plans_manager.get_label_manager(dataset_json)
+        num_outputs = label_manager.num_segmentation_heads
+        self.union_head = label_manager.has_regions
+        foreground = list(range(1, len(self.label_table)))
+        if self.union_head and label_manager.foreground_regions != [tuple(foreground), *foreground]:
+            raise bundles.BundleError(f"model bundle {self.folder}: nnU-Net regions {label_manager.foreground_regions}"
+                                      f" are not the ventricular system followed by labels {foreground}")
         if num_outputs != len(self.label_table):
             raise bundles.BundleError(f"model bundle {self.folder}: network has {num_outputs} outputs but the "
                                       f"label table has {len(self.label_table)} entries")
@@ -220,7 +245,8 @@ class Segmenter:
 
     # --- prediction on the profile grid ----------------------------------------------------------
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
-        """Class probabilities (C, *profile shape) for a profile-grid image (RAS array, [0, 1]).
+        """Network outputs (C, *profile shape) for a profile-grid image (RAS array, [0, 1]): class
+        probabilities, or region probabilities for a union-region model (`union_and_scores`).
 
         nnU-Net's arrays are in SimpleITK order (z, y, x) with the spacing reversed; our arrays are
         nibabel (x, y, z), so the image is transposed on the way in and the result on the way out.
@@ -237,7 +263,7 @@ class Segmenter:
 
     def predict_profile(self, image: np.ndarray) -> np.ndarray:
         """FreeSurfer ventricle labels (int16) on the profile grid for a profile-grid image."""
-        return from_segmenter_indices(self.predict_probabilities(image).argmax(axis=0), self.label_table)
+        return labels_from_outputs(self.predict_probabilities(image), self.union_head, self.label_table)
 
     # --- any input ---------------------------------------------------------------------------------
     def segment(self, volume: Volume, allow_thick_slices: bool = False,
@@ -258,7 +284,7 @@ class Segmenter:
         report(1)
         probabilities = self.predict_probabilities(pre.image)
         report(2)
-        label_profile = from_segmenter_indices(probabilities.argmax(axis=0), self.label_table)
+        label_profile = labels_from_outputs(probabilities, self.union_head, self.label_table)
         label = self._to_input(probabilities, pre.grid, pre.source)
         report(3)
         per_label = label_volumes_ml(label, volume.affine)
@@ -279,7 +305,8 @@ class Segmenter:
     def _to_input(self, probabilities: np.ndarray, grid: Grid, source: Grid) -> np.ndarray:
         """Probabilities on the profile grid -> labels on the input grid (linear, only where ventricles may be)."""
         out = np.zeros(source.shape, dtype=np.int16)
-        candidate = probabilities[1:].sum(axis=0) > 0.02
+        union, scores = union_and_scores(probabilities, self.union_head)
+        candidate = union > 0.02
         if not candidate.any():
             return out
         idx = np.argwhere(candidate)
@@ -300,12 +327,11 @@ class Segmenter:
         sub_affine = source.affine.copy()
         sub_affine[:3, 3] = source.affine[:3, :3] @ s_lo + source.affine[:3, 3]
         sub = Grid(tuple(int(v) for v in s_hi - s_lo), sub_affine)
-        crop = probabilities[:, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        box_slices = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
         # two passes instead of one per class: the ventricles' union probability (linear) decides
         # ventricle vs background, the most likely ventricle class (nearest) names each voxel
-        union = np.ascontiguousarray(crop[1:].sum(axis=0))
-        inside = to_input_grid(union, box, sub, order=1) > 0.5  # 0 outside the profile field of view
-        which = (crop[1:].argmax(axis=0) + 1).astype(np.int16)
+        inside = to_input_grid(np.ascontiguousarray(union[box_slices]), box, sub, order=1) > 0.5  # 0 outside the FOV
+        which = (scores[(slice(None), *box_slices)].argmax(axis=0) + 1).astype(np.int16)
         names = to_input_grid(which, box, sub, order=0)
         labels = from_segmenter_indices(np.where(inside, names, 0), self.label_table)
         out[s_lo[0]:s_hi[0], s_lo[1]:s_hi[1], s_lo[2]:s_hi[2]] = labels

@@ -11,8 +11,9 @@ training/evaluate.py; the table has the paper's form (MAE ± SD mL, Dice ± SD) 
 and the trend of the error with volume.
 
 Synthetic pairs come from the generator bundles (`--models DIR`, else WORK/bundles, else the
-bundled/`$VENTRICLESYNTH_MODELS` models) for this profile, sampled with `VentricleSynthLib.generators`
-(the paper's final set: ten volume buckets over the trained range, w = 1), or from `--synthetic-from
+bundled/`$VENTRICLESYNTH_MODELS` models) for this profile, sampled with `VentricleSynthLib.cohort_synthesis`
+(the paper's final set: ten volume buckets over the trained range; guidance, candidates and steps are the
+bundles' unless the config sets them; the paper used w = 1), or from `--synthetic-from
 DIR` (pre-made `sample_*/` pairs or an nnU-Net raw dataset). Without either, the augmented and
 synthetic arms are skipped and the report says so.
 
@@ -44,7 +45,8 @@ DEFAULTS = {
     "real_datasets": ["natural"],
     "synthetic_count": 20,
     "augment_count": None,  # synthetic pairs added to the real set in the augmented arm (default: all)
-    "synthetic_guidance": 1.0,
+    "synthetic_guidance": None,  # default: the mask bundle's (the paper's final set used w = 1)
+    "synthetic_candidates": None,  # default: the mask bundle's
     "synthetic_steps": None,  # default: the generator bundles' own
     "synthetic_seed": 7000,
     "dataset_ids": {"real": 511, "augmented": 512, "synthetic": 513},
@@ -120,33 +122,19 @@ def find_generators(config: dict, work: Path, models: Path | None) -> tuple[Path
     return None, "; ".join(reasons)
 
 
-def uniform_targets(count: int, v_min: float, v_max: float, rng: np.random.Generator) -> np.ndarray:
-    """The paper's final synthetic set: ten buckets (centres 0.05..0.95 of the normalised range), jitter ±0.05."""
-    centres = np.linspace(0.05, 0.95, 10)
-    u = np.clip(centres[np.arange(count) % 10] + rng.uniform(-0.05, 0.05, count), 0.0, 1.0)
-    return v_min + u * (v_max - v_min)
+def generate_synthetic(models: Path, out: Path, exp: dict, work: Path, progress=print) -> Path:
+    """`synthetic_count` pairs with the paper's final-set volumes (ten jittered buckets over the trained range)
+    into out/ as an nnU-Net raw dataset, by `cohort_synthesis.synthesize` (resumable, QC'd, reported)."""
+    from VentricleSynthLib.cohort_synthesis import CohortRequest, find_segmenter, synthesize
 
-
-def generate_synthetic(models: Path, out: Path, exp: dict, progress=print) -> Path:
-    """Sample `synthetic_count` pairs into out/sample_*/ (existing samples are kept: resume)."""
-    from VentricleSynthLib.generators import ImageGenerator, MaskGenerator, generate_pair
-    from VentricleSynthLib.model_store import IMAGE, MASK
-    from VentricleSynthLib.samples import write_sample
-
-    count = int(exp["synthetic_count"])
-    todo = [k for k in range(count) if not (out / f"sample_{k:03d}" / "label.nii.gz").is_file()]
-    if not todo:
-        return out
-    mask = MaskGenerator(models / MASK, "auto")
-    image = ImageGenerator(models / IMAGE, "auto")
-    v_min, v_max = mask.trained_range_ml
-    targets = uniform_targets(count, v_min, v_max, np.random.default_rng(int(exp["synthetic_seed"])))
-    for i, k in enumerate(todo, start=1):
-        pair = generate_pair(mask, image, float(targets[k]), exp["synthetic_guidance"], exp["synthetic_steps"],
-                             seed=int(exp["synthetic_seed"]) + k)
-        write_sample(out, k, pair.image, pair.label, pair.affine, pair.record)
-        progress(f"PROGRESS stage=experiment-synthesize step={i}/{len(todo)} asked_ml={pair.record['asked_ml']:.1f} "
-                 f"got_ml={pair.record['got_ml']:.1f}")
+    result = synthesize(CohortRequest(
+        out=out, distribution="buckets", count=int(exp["synthetic_count"]), seed=int(exp["synthetic_seed"]),
+        guidance=exp["synthetic_guidance"], candidates=exp["synthetic_candidates"], steps=exp["synthetic_steps"],
+        format="nnunet", models=models, segmenter=find_segmenter(models, work / "bundles")[0], progress=False),
+        log=progress)
+    if result["complete"] < int(exp["synthetic_count"]):
+        raise DatasetError(f"{out}: only {result['complete']} of {exp['synthetic_count']} synthetic pairs were "
+                           f"made ({result['failures']} failed); rerun the experiment to retry them")
     return out
 
 
@@ -336,7 +324,7 @@ def run(config: dict, work: Path, resume: bool = False, synthetic_from: Path | N
                     if arm in exp["arms"]:
                         notes[arm] = {"note": f"skipped: {message}"}
             else:
-                synthetic_source = generate_synthetic(gen_root, root / "synthetic", exp, progress)
+                synthetic_source = generate_synthetic(gen_root, root / "synthetic", exp, work, progress)
         if synthetic_source is not None:
             synthetic_cases = pair_cases(synthetic_source, prefix="synth", val_every=10)
         timings["synthetic_s"] = round(time.time() - t0, 1)

@@ -42,7 +42,7 @@ from VentricleSynthLib.labels import label_name
 from VentricleSynthLib.nifti import Volume, atomic_write_bytes, check_same_grid, load_image, load_label_map, save_volume
 from VentricleSynthLib.nnunet_raw import list_cases, load_case, read_csv, read_dataset_json, write_csv, write_json
 from VentricleSynthLib.preprocess import Profile, to_profile
-from VentricleSynthLib.segmenter import SEGMENTER_LABELS, to_segmenter_indices
+from VentricleSynthLib.segmenter import SEGMENTER_LABELS, UNION_REGION, to_segmenter_indices
 
 from .provenance import git_commit
 from . import nnunet_env
@@ -52,12 +52,18 @@ PLANS = "VentricleSynthPlans"
 CONFIGURATION = "3d_fullres"
 EXPORT_TRAINER = "nnUNetTrainer"
 BUNDLE_VERSION = "0.1.0"
+# What the network is trained to output. `labels`: nnU-Net's default, softmax over background + six labels.
+# `union+labels`: nnU-Net's region-based training (sigmoid heads, Dice + BCE per region) with the ventricular
+# system itself as the first region, then each label as its own region, so the union whose volume is reported
+# is trained directly (with `labels` the cpu model never learned the four small labels: -8.5 mL on enlarged cases).
+TARGETS = ("labels", "union+labels")
 NNUNET_DEFAULT_SCHEDULE = {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations_per_epoch": 50}
 
 DEFAULTS = {
     "datasets": ["natural"],
     "dataset_id": 501,
     "plan": "slim",
+    "targets": "labels",
     "patch_size": None,  # default: the profile shape
     "batch_size": 2,
     "network": {"base_features": 16, "max_features": 128, "max_stages": 5, "convs_per_stage": 2},
@@ -80,6 +86,8 @@ def seg_config(config: dict, overrides: dict | None = None) -> dict:
     where = f"{config.get('path', 'config')}: segmenter"
     if out["plan"] not in ("slim", "default"):
         raise ConfigError(f"{where}.plan must be 'slim' or 'default', got {out['plan']!r}")
+    if out["targets"] not in TARGETS:
+        raise ConfigError(f"{where}.targets must be one of {', '.join(TARGETS)}, got {out['targets']!r}")
     for key in ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "checkpoint_every"):
         if not isinstance(out["trainer"].get(key), int) or out["trainer"][key] < 1:
             raise ConfigError(f"{where}.trainer.{key} must be a positive integer")
@@ -166,10 +174,23 @@ def dataset_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
 
 
-def segmenter_dataset_json(num_training: int, extra: dict | None = None) -> dict:
+def segmenter_dataset_json(num_training: int, extra: dict | None = None, targets: str = "labels") -> dict:
+    """nnU-Net's dataset.json; `targets="union+labels"` declares the regions (see TARGETS).
+
+    nnU-Net's own region -> label conversion (stock `nnUNetv2_predict`) paints the union as label 1 first and
+    then each label region over it; `VentricleSynthLib.segmenter` instead takes the union region for
+    ventricle vs background and the most likely label region for the name of each voxel.
+    """
+    labels = {("background" if lab == 0 else label_name(lab)): i for i, lab in enumerate(SEGMENTER_LABELS)}
+    regions = {}
+    if targets == "union+labels":
+        foreground = list(range(1, len(SEGMENTER_LABELS)))
+        labels = {"background": 0, UNION_REGION: foreground, **{k: v for k, v in labels.items() if v}}
+        regions = {"regions_class_order": [1, *foreground]}
     return {
         "channel_names": {"0": "T1"},
-        "labels": {("background" if lab == 0 else label_name(lab)): i for i, lab in enumerate(SEGMENTER_LABELS)},
+        "labels": labels,
+        **regions,
         "numTraining": int(num_training),
         "file_ending": ".nii.gz",
         "freesurfer_labels": {str(i): int(lab) for i, lab in enumerate(SEGMENTER_LABELS)},
@@ -177,7 +198,8 @@ def segmenter_dataset_json(num_training: int, extra: dict | None = None) -> dict
     }
 
 
-def export_raw(cases: list[Case], raw_root: Path, name: str, profile: Profile, progress=print) -> Path:
+def export_raw(cases: list[Case], raw_root: Path, name: str, profile: Profile, progress=print,
+               targets: str = "labels") -> Path:
     """Write (or finish) the nnU-Net raw dataset; cases no longer asked for are removed."""
     if len({c.case_id for c in cases}) != len(cases):
         raise DatasetError("duplicate case identifiers among the segmenter's training sources")
@@ -206,7 +228,8 @@ def export_raw(cases: list[Case], raw_root: Path, name: str, profile: Profile, p
             progress(f"PROGRESS stage=segmenter-export step={i}/{len(cases)} case={case.case_id}")
     write_json(root / "dataset.json", segmenter_dataset_json(len(cases), {
         "name": name, "profile": profile.name,
-        "description": "VentricleSynth ventricle segmenter training set (labels 1..6 = FreeSurfer 4,43,5,44,14,15)"}))
+        "description": "VentricleSynth ventricle segmenter training set (labels 1..6 = FreeSurfer 4,43,5,44,14,15)"},
+        targets))
     write_csv(root / "cases.csv", rows, ["case", "origin", "split"])
     return root
 
@@ -251,6 +274,7 @@ def _slim_configuration(plans: dict, seg: dict, profile: Profile) -> dict:
 
 def _stamp(cases: list[Case], seg: dict, profile: Profile) -> str:
     key = {"cases": [(c.case_id, c.origin, c.split) for c in cases], "plan": seg["plan"], "network": seg["network"],
+           "targets": seg["targets"],
            "patch_size": seg["patch_size"], "batch_size": seg["batch_size"],
            "profile": [profile.spacing, profile.shape]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()
@@ -440,7 +464,8 @@ def export_bundle(trained: Path, out: Path, seg: dict, profile: Profile, provena
             "nnunet": {"model_folder": str(rel), "folds": [fold], "checkpoint": "checkpoint_final.pth",
                        "configuration": CONFIGURATION, "plans": PLANS,
                        "trainer_trained_with": trained.name.split("__")[0],
-                       "nnunetv2_version": version("nnunetv2"), "parameters": n_params, "plan": seg["plan"]},
+                       "nnunetv2_version": version("nnunetv2"), "parameters": n_params, "plan": seg["plan"],
+                       "targets": seg["targets"]},
             "training": {**provenance, "schedule": seg["trainer"], "git_commit": git_commit()},
         }
         (staging / bundles.CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -490,6 +515,10 @@ def card_text(config: dict, metrics: dict) -> str:
         f"- nnU-Net {nn['nnunetv2_version']}, {nn['configuration']} ({nn['plan']} plan), "
         f"{nn['parameters'] / 1e6:.2f} M parameters, trained with {nn['trainer_trained_with']}: "
         f"{t['schedule']['epochs']} epochs x {t['schedule']['iterations_per_epoch']} iterations",
+        "- outputs: " + ("nnU-Net regions (sigmoid): the ventricular system as one region, then each label; "
+                         "the union region decides ventricle vs background, the most likely label region names "
+                         "each voxel" if nn.get("targets") == "union+labels" else
+                         "softmax over background and the six labels (nnU-Net's default)"),
         f"- training data: {t.get('cases', '?')} cases ({t.get('sources', '')}); "
         f"{t.get('seconds', 0):.0f} s of training on {t.get('device', '?')}",
         f"- git commit: {t.get('git_commit') or 'unknown'}", "",
@@ -558,7 +587,7 @@ def build(config: dict, work: Path, cases: list[Case], name: str, out: Path, seg
     _check_dataset_id(dataset_id, ds_name)
     timings = {}
     t0 = time.time()
-    export_raw(cases, Path(os.environ["nnUNet_raw"]), ds_name, profile, progress)
+    export_raw(cases, Path(os.environ["nnUNet_raw"]), ds_name, profile, progress, seg["targets"])
     timings["export_s"] = round(time.time() - t0, 1)
     t0 = time.time()
     plan_and_preprocess(dataset_id, cases, seg, profile, progress)
