@@ -272,16 +272,23 @@ def test_report_compares_sets_side_by_side(tmp_path):
 
 def test_evaluate_stage_cli(tmp_path):
     _two_sets(tmp_path)
-    cmd = [sys.executable, str(REPO / "training" / "train.py"), "evaluate", "--work", str(tmp_path / "w"),
+    # the contract: `evaluate --pred DIR --ref DIR --out DIR` needs no --work
+    cmd = [sys.executable, str(REPO / "training" / "train.py"), "evaluate",
            "--pred", f"good={tmp_path / 'good'}", "--pred", str(tmp_path / "bad"), "--ref", str(tmp_path / "ref"),
            "--out", str(tmp_path / "cli_out")]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "good" in done.stdout and (tmp_path / "cli_out" / "report.md").is_file()
     _save(tmp_path / "pred_bad_grid" / "c0.nii.gz", _cube((3, 3, 3), 4), (1.0, 1.0, 1.0))
-    cmd_bad = cmd[:5] + ["--pred", str(tmp_path / "pred_bad_grid"), "--ref", str(tmp_path / "ref"),
+    cmd_bad = cmd[:3] + ["--pred", str(tmp_path / "pred_bad_grid"), "--ref", str(tmp_path / "ref"),
                          "--out", str(tmp_path / "cli_out2")]
     done = subprocess.run(cmd_bad, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "geometry" in lines[0], done.stderr
+
+
+def test_stages_other_than_evaluate_need_work():
+    done = subprocess.run([sys.executable, str(REPO / "training" / "train.py"), "data", "--config", "tiny"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == "error: the stage data needs --work DIR (see --help)"

@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="train.py", description="VentricleSynth training and evaluation stages.")
     parser.add_argument("stage", choices=sorted(STAGES))
     parser.add_argument("--config", default="tiny", help="paper, cpu, tiny, or a YAML file")
-    parser.add_argument("--work", type=Path, required=True, help="working folder for data, checkpoints, reports")
+    parser.add_argument("--work", type=Path,
+                        help="working folder for data, checkpoints, reports (every stage but evaluate needs it)")
     parser.add_argument("--resume", action="store_true", help="continue from the stage's last checkpoint")
     parser.add_argument("--models", type=Path,
                         help="calibrate, synthesize: folder with the bundles (default WORK/bundles)")
@@ -159,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.work is None and args.stage != "evaluate":
+        parser.error(f"the stage {args.stage} needs --work DIR")
     try:
         from training.config import load_config
 
