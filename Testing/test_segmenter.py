@@ -97,12 +97,12 @@ def test_the_union_decides_ventricle_and_the_best_label_names_it():
                         [0.00, 0.00, 0.00]])
     # union 0.60: a ventricle voxel (argmax over all seven would call it background), named 3rd by its best label
     assert labels_from_outputs(softmax, union_head=False).tolist() == [14, 0, 4]
-    regions = np.array([[0.70, 0.30, 0.95],  # the ventricular-system region decides...
+    regions = np.array([[0.20, 0.90, 0.95],  # the union head is a training target only...
                         [0.20, 0.20, 0.90],
                         [0.05, 0.05, 0.10],
                         [0.00, 0.00, 0.00],
                         [0.00, 0.00, 0.00],
-                        [0.40, 0.45, 0.00],  # ...even where no label region passes 0.5 on its own
+                        [0.60, 0.45, 0.00],  # ...the most likely label region decides and names the voxel
                         [0.00, 0.00, 0.00]])
     assert labels_from_outputs(regions, union_head=True).tolist() == [14, 0, 4]
 
@@ -366,6 +366,36 @@ def test_trainer_class_follows_the_config():
     with pytest.raises(VentricleSynthError, match="targets"):
         seg_config({"segmenter": {"targets": "union"}, "path": "x"})
     assert seg_config({"path": "x"})["targets"] == "labels"  # nnU-Net's default unless a config asks for regions
+    for bad in (0, 1.0, "median", True):
+        with pytest.raises(VentricleSynthError, match="union_threshold"):
+            seg_config({"segmenter": {"union_threshold": bad}, "path": "x"})
+
+
+def test_threshold_chosen_on_val_is_the_one_with_the_smallest_volume_error(tiny, tmp_path):
+    """choose_threshold's MAE table is what segmenting at each threshold gives; the bundle's decision is used."""
+    from training.segmenter_stage import THRESHOLDS, choose_threshold, cohort_cases
+
+    cases = cohort_cases(tiny["work"] / "data", "natural", splits=("val",))
+    decision = choose_threshold(tiny["bundle"], cases, "cpu")
+    mae = {float(k): v for k, v in decision["volume_mae_ml"].items()}
+    assert set(mae) == set(THRESHOLDS) and mae[decision["union_threshold"]] == min(mae.values())
+    copy = tmp_path / "segmenter"
+    shutil.copytree(tiny["bundle"], copy)
+    config = json.loads((copy / "config.json").read_text())
+    pairs = [case.load() for case in cases]
+    for t in (0.2, 0.5):
+        (copy / "config.json").write_text(json.dumps({**config, "decision": {"union_threshold": t}}))
+        bundles.write_manifest(copy)
+        seg = Segmenter(copy, device="cpu")
+        assert seg.threshold == t
+        errors = [seg.segment(image)[1]["ventricle_ml"]
+                  - np.isin(label.array, VENTRICLE_LABELS).sum() * voxel_volume_ml(label.affine)
+                  for image, label in pairs]
+        assert float(np.mean(np.abs(errors))) == pytest.approx(mae[t], abs=2e-3)
+    (copy / "config.json").write_text(json.dumps({**config, "decision": {"union_threshold": 1.5}}))
+    bundles.write_manifest(copy)
+    with pytest.raises(bundles.BundleError, match="union_threshold"):
+        Segmenter(copy, device="cpu")
 
 
 # --- the bundled cpu segmenter (quality; skipped until its bundle is committed) ------------------------

@@ -54,8 +54,9 @@ EXPORT_TRAINER = "nnUNetTrainer"
 BUNDLE_VERSION = "0.1.0"
 # What the network is trained to output. `labels`: nnU-Net's default, softmax over background + six labels.
 # `union+labels`: nnU-Net's region-based training (sigmoid heads, Dice + BCE per region) with the ventricular
-# system itself as the first region, then each label as its own region, so the union whose volume is reported
-# is trained directly (with `labels` the cpu model never learned the four small labels: -8.5 mL on enlarged cases).
+# system itself as the first region, then each label as its own region. Trained so, the cpu model learned all six
+# labels (with `labels` it never learned the four small ones: -8.5 mL on enlarged cases); at inference the label
+# regions decide (VentricleSynthLib.segmenter.union_and_scores: the union head measured worse on validation).
 TARGETS = ("labels", "union+labels")
 NNUNET_DEFAULT_SCHEDULE = {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations_per_epoch": 50}
 
@@ -64,6 +65,7 @@ DEFAULTS = {
     "dataset_id": 501,
     "plan": "slim",
     "targets": "labels",
+    "union_threshold": 0.5,  # or "val": chosen on the validation split after training (choose_threshold)
     "patch_size": None,  # default: the profile shape
     "batch_size": 2,
     "network": {"base_features": 16, "max_features": 128, "max_stages": 5, "convs_per_stage": 2},
@@ -86,6 +88,9 @@ def seg_config(config: dict, overrides: dict | None = None) -> dict:
     where = f"{config.get('path', 'config')}: segmenter"
     if out["plan"] not in ("slim", "default"):
         raise ConfigError(f"{where}.plan must be 'slim' or 'default', got {out['plan']!r}")
+    t = out["union_threshold"]
+    if t != "val" and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.02 < t < 1):
+        raise ConfigError(f"{where}.union_threshold must be a number in (0.02, 1) or 'val', got {t!r}")
     if out["targets"] not in TARGETS:
         raise ConfigError(f"{where}.targets must be one of {', '.join(TARGETS)}, got {out['targets']!r}")
     for key in ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "checkpoint_every"):
@@ -178,8 +183,8 @@ def segmenter_dataset_json(num_training: int, extra: dict | None = None, targets
     """nnU-Net's dataset.json; `targets="union+labels"` declares the regions (see TARGETS).
 
     nnU-Net's own region -> label conversion (stock `nnUNetv2_predict`) paints the union as label 1 first and
-    then each label region over it; `VentricleSynthLib.segmenter` instead takes the union region for
-    ventricle vs background and the most likely label region for the name of each voxel.
+    then each label region over it; `VentricleSynthLib.segmenter` instead decides ventricle vs background
+    by the most likely label region (> 0.5) and names the voxel by it (see `union_and_scores`).
     """
     labels = {("background" if lab == 0 else label_name(lab)): i for i, lab in enumerate(SEGMENTER_LABELS)}
     regions = {}
@@ -418,7 +423,8 @@ def training_seconds(checkpoint: Path) -> float:
 
 # --- the bundle -----------------------------------------------------------------------------------
 
-def export_bundle(trained: Path, out: Path, seg: dict, profile: Profile, provenance: dict) -> Path:
+def export_bundle(trained: Path, out: Path, seg: dict, profile: Profile, provenance: dict,
+                  decision: dict | None = None) -> Path:
     """nnU-Net results layout + config.json + manifest.json, assembled in a staging folder and swapped in."""
     import torch
 
@@ -468,6 +474,8 @@ def export_bundle(trained: Path, out: Path, seg: dict, profile: Profile, provena
                        "targets": seg["targets"]},
             "training": {**provenance, "schedule": seg["trainer"], "git_commit": git_commit()},
         }
+        if decision:
+            config["decision"] = decision
         (staging / bundles.CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         (staging / "card.md").write_text(card_text(config, provenance.get("metrics", {})))
         bundles.write_manifest(staging)
@@ -515,10 +523,15 @@ def card_text(config: dict, metrics: dict) -> str:
         f"- nnU-Net {nn['nnunetv2_version']}, {nn['configuration']} ({nn['plan']} plan), "
         f"{nn['parameters'] / 1e6:.2f} M parameters, trained with {nn['trainer_trained_with']}: "
         f"{t['schedule']['epochs']} epochs x {t['schedule']['iterations_per_epoch']} iterations",
-        "- outputs: " + ("nnU-Net regions (sigmoid): the ventricular system as one region, then each label; "
-                         "the union region decides ventricle vs background, the most likely label region names "
-                         "each voxel" if nn.get("targets") == "union+labels" else
+        "- outputs: " + ("nnU-Net regions (sigmoid), trained as the ventricular system plus one region per "
+                         "label; at inference a voxel is ventricle where its most likely label region exceeds 0.5 "
+                         "and is named by it" if nn.get("targets") == "union+labels" else
                          "softmax over background and the six labels (nnU-Net's default)"),
+        f"- decision: a voxel is ventricle where the union probability exceeds "
+        f"{(config.get('decision') or {}).get('union_threshold', 0.5):g}"
+        + (f" (chosen on the {config['decision']['chosen_on']}; volume MAE by threshold: "
+           + ", ".join(f"{k}: {v:.2f} mL" for k, v in config["decision"]["volume_mae_ml"].items()) + ")"
+           if "volume_mae_ml" in (config.get("decision") or {}) else ""),
         f"- training data: {t.get('cases', '?')} cases ({t.get('sources', '')}); "
         f"{t.get('seconds', 0):.0f} s of training on {t.get('device', '?')}",
         f"- git commit: {t.get('git_commit') or 'unknown'}", "",
@@ -553,6 +566,36 @@ def _pm(s: dict, key: str, digits: int = 2) -> str:
     mean, sd = s.get(f"{key}_mean"), s.get(f"{key}_sd")
     text = _num(mean, f".{digits}f")
     return text if sd is None or text == "n/a" or not np.isfinite(sd) else f"{text} ± {sd:.{digits}f}"
+
+
+THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+
+
+def choose_threshold(bundle: Path, cases: list[Case], device: str = "cpu") -> dict:
+    """The union probability threshold with the smallest volume MAE on `cases` (the validation split).
+
+    Each case goes the way `segment` takes it (to the profile grid, predicted, back onto its own grid), once;
+    only the threshold varies. Ties go to the threshold nearest 0.5."""
+    from VentricleSynthLib.labels import VENTRICLE_LABELS
+    from VentricleSynthLib.segmenter import Segmenter
+    from VentricleSynthLib.volumes import voxel_volume_ml
+
+    segmenter = Segmenter(bundle, device=device)
+    errors: dict[float, list[float]] = {t: [] for t in THRESHOLDS}
+    for case in cases:
+        image, label = case.load()
+        pre = to_profile(segmenter.profile, image=image)
+        probabilities = segmenter.predict_probabilities(pre.image)
+        voxel_ml = voxel_volume_ml(image.affine)
+        truth_ml = float(np.count_nonzero(np.isin(label.array, VENTRICLE_LABELS))) * voxel_ml
+        for t in THRESHOLDS:
+            found = segmenter.to_input(probabilities, pre.grid, pre.source, t)
+            errors[t].append(float(np.count_nonzero(found)) * voxel_ml - truth_ml)
+    mae = {t: float(np.mean(np.abs(e))) for t, e in errors.items()}
+    best = min(THRESHOLDS, key=lambda t: (round(mae[t], 3), abs(t - 0.5)))
+    return {"union_threshold": best, "chosen_on": f"validation split ({len(cases)} cases), smallest volume MAE",
+            "volume_mae_ml": {f"{t:g}": round(mae[t], 3) for t in THRESHOLDS},
+            "volume_bias_ml": {f"{t:g}": round(float(np.mean(errors[t])), 3) for t in THRESHOLDS}}
 
 
 def measure(bundle: Path, sets: dict[str, list[Case]], device: str = "cpu") -> dict:
@@ -605,9 +648,16 @@ def build(config: dict, work: Path, cases: list[Case], name: str, out: Path, seg
     }
     t0 = time.time()
     bundle = export_bundle(trained, out, seg, profile, provenance)
+    decision = None
+    if seg["union_threshold"] == "val" and (measure_sets or {}).get("val"):
+        decision = choose_threshold(bundle, measure_sets["val"], seg["device"])
+        bundle = export_bundle(trained, out, seg, profile, provenance, decision)
+    elif seg["union_threshold"] != 0.5:
+        decision = {"union_threshold": float(seg["union_threshold"]), "chosen_on": "the config"}
+        bundle = export_bundle(trained, out, seg, profile, provenance, decision)
     if measure_sets:
         provenance["metrics"] = measure(bundle, measure_sets, seg["device"])
-        bundle = export_bundle(trained, out, seg, profile, provenance)
+        bundle = export_bundle(trained, out, seg, profile, provenance, decision)
     timings["bundle_s"] = round(time.time() - t0, 1)
     return {"bundle": str(bundle), "dataset": ds_name, "cases": len(cases), **timings,
             "metrics": provenance.get("metrics", {})}
