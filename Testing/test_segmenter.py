@@ -366,6 +366,11 @@ def test_trainer_class_follows_the_config():
     with pytest.raises(VentricleSynthError, match="targets"):
         seg_config({"segmenter": {"targets": "union"}, "path": "x"})
     assert seg_config({"path": "x"})["targets"] == "labels"  # nnU-Net's default unless a config asks for regions
+    from training.segmenter_stage import fixed_decision
+
+    assert fixed_decision(seg_config({"segmenter": {"union_threshold": "val"}, "path": "x"})) is None  # no val: 0.5
+    assert fixed_decision(seg_config({"path": "x"})) is None
+    assert fixed_decision(seg_config({"segmenter": {"union_threshold": 0.4}, "path": "x"}))["union_threshold"] == 0.4
     for bad in (0, 1.0, "median", True):
         with pytest.raises(VentricleSynthError, match="union_threshold"):
             seg_config({"segmenter": {"union_threshold": bad}, "path": "x"})

@@ -571,6 +571,13 @@ def _pm(s: dict, key: str, digits: int = 2) -> str:
 THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 
 
+def fixed_decision(seg: dict) -> dict | None:
+    """The bundle's `decision` for a threshold set in the config; None for 0.5 (the default) and for "val"
+    without validation cases to choose on (the experiment's arms)."""
+    t = seg["union_threshold"]
+    return None if t == "val" or float(t) == 0.5 else {"union_threshold": float(t), "chosen_on": "the config"}
+
+
 def choose_threshold(bundle: Path, cases: list[Case], device: str = "cpu") -> dict:
     """The union probability threshold with the smallest volume MAE on `cases` (the validation split).
 
@@ -652,8 +659,8 @@ def build(config: dict, work: Path, cases: list[Case], name: str, out: Path, seg
     if seg["union_threshold"] == "val" and (measure_sets or {}).get("val"):
         decision = choose_threshold(bundle, measure_sets["val"], seg["device"])
         bundle = export_bundle(trained, out, seg, profile, provenance, decision)
-    elif seg["union_threshold"] != 0.5:
-        decision = {"union_threshold": float(seg["union_threshold"]), "chosen_on": "the config"}
+    elif fixed_decision(seg):
+        decision = fixed_decision(seg)
         bundle = export_bundle(trained, out, seg, profile, provenance, decision)
     if measure_sets:
         provenance["metrics"] = measure(bundle, measure_sets, seg["device"])
