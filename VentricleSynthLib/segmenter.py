@@ -45,6 +45,9 @@ SEGMENTER_LABELS: tuple[int, ...] = (0, *VENTRICLE_LABELS)  # 0, 4, 43, 5, 44, 1
 # Region-trained bundles (`targets: union+labels`) declare the ventricular system as this nnU-Net region first
 # (a training target; at inference the label regions decide, see `union_and_scores`).
 UNION_REGION = "Ventricular-System"
+# Voxels whose union probability is at most this are never resampled onto the input grid (`Segmenter.to_input`),
+# so a decision threshold must lie above it.
+MIN_THRESHOLD = 0.02
 
 THICK_SLICE_MM = 5.0  # at or above: refused unless allow_thick_slices (then a warning)
 WARN_SLICE_MM = 3.0  # at or above: a warning
@@ -193,8 +196,9 @@ class Segmenter:
         # the union probability above which a voxel is ventricle: 0.5 unless the bundle's training stage chose
         # another on its validation split (config "decision"; training/segmenter_stage.choose_threshold)
         self.threshold = float((self.config.get("decision") or {}).get("union_threshold", 0.5))
-        if not 0.02 < self.threshold < 1.0:
-            raise bundles.BundleError(f"model bundle {self.folder}: decision.union_threshold must lie in (0.02, 1)")
+        if not MIN_THRESHOLD < self.threshold < 1.0:
+            raise bundles.BundleError(f"model bundle {self.folder}: decision.union_threshold must lie in "
+                                      f"({MIN_THRESHOLD:g}, 1)")
         self._lock = threading.Lock()
         with _quiet():
             self.predictor = self._build(checkpoint_name)
@@ -319,7 +323,7 @@ class Segmenter:
         threshold = self.threshold if threshold is None else float(threshold)
         out = np.zeros(source.shape, dtype=np.int16)
         union, scores = union_and_scores(probabilities, self.union_head)
-        candidate = union > 0.02
+        candidate = union > MIN_THRESHOLD
         if not candidate.any():
             return out
         idx = np.argwhere(candidate)

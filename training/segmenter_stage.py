@@ -38,11 +38,12 @@ import numpy as np
 
 from VentricleSynthLib import bundle as bundles
 from VentricleSynthLib.errors import ConfigError, DatasetError
-from VentricleSynthLib.labels import label_name
+from VentricleSynthLib.labels import VENTRICLE_LABELS, label_name
 from VentricleSynthLib.nifti import Volume, atomic_write_bytes, check_same_grid, load_image, load_label_map, save_volume
 from VentricleSynthLib.nnunet_raw import list_cases, load_case, read_csv, read_dataset_json, write_csv, write_json
 from VentricleSynthLib.preprocess import Profile, to_profile
-from VentricleSynthLib.segmenter import SEGMENTER_LABELS, UNION_REGION, to_segmenter_indices
+from VentricleSynthLib.segmenter import MIN_THRESHOLD, SEGMENTER_LABELS, UNION_REGION, to_segmenter_indices
+from VentricleSynthLib.volumes import voxel_volume_ml
 
 from .provenance import git_commit
 from . import nnunet_env
@@ -89,8 +90,8 @@ def seg_config(config: dict, overrides: dict | None = None) -> dict:
     if out["plan"] not in ("slim", "default"):
         raise ConfigError(f"{where}.plan must be 'slim' or 'default', got {out['plan']!r}")
     t = out["union_threshold"]
-    if t != "val" and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.02 < t < 1):
-        raise ConfigError(f"{where}.union_threshold must be a number in (0.02, 1) or 'val', got {t!r}")
+    if t != "val" and (isinstance(t, bool) or not isinstance(t, (int, float)) or not MIN_THRESHOLD < t < 1):
+        raise ConfigError(f"{where}.union_threshold must be a number in ({MIN_THRESHOLD:g}, 1) or 'val', got {t!r}")
     if out["targets"] not in TARGETS:
         raise ConfigError(f"{where}.targets must be one of {', '.join(TARGETS)}, got {out['targets']!r}")
     for key in ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "checkpoint_every"):
@@ -524,8 +525,9 @@ def card_text(config: dict, metrics: dict) -> str:
         f"{nn['parameters'] / 1e6:.2f} M parameters, trained with {nn['trainer_trained_with']}: "
         f"{t['schedule']['epochs']} epochs x {t['schedule']['iterations_per_epoch']} iterations",
         "- outputs: " + ("nnU-Net regions (sigmoid), trained as the ventricular system plus one region per "
-                         "label; at inference a voxel is ventricle where its most likely label region exceeds 0.5 "
-                         "and is named by it" if nn.get("targets") == "union+labels" else
+                         "label; at inference a voxel is ventricle where its most likely label region exceeds "
+                         "the decision threshold (next line) and is named by it"
+                         if nn.get("targets") == "union+labels" else
                          "softmax over background and the six labels (nnU-Net's default)"),
         f"- decision: a voxel is ventricle where the union probability exceeds "
         f"{(config.get('decision') or {}).get('union_threshold', 0.5):g}"
@@ -583,9 +585,7 @@ def choose_threshold(bundle: Path, cases: list[Case], device: str = "cpu") -> di
 
     Each case goes the way `segment` takes it (to the profile grid, predicted, back onto its own grid), once;
     only the threshold varies. Ties go to the threshold nearest 0.5."""
-    from VentricleSynthLib.labels import VENTRICLE_LABELS
     from VentricleSynthLib.segmenter import Segmenter
-    from VentricleSynthLib.volumes import voxel_volume_ml
 
     segmenter = Segmenter(bundle, device=device)
     errors: dict[float, list[float]] = {t: [] for t in THRESHOLDS}
@@ -654,13 +654,10 @@ def build(config: dict, work: Path, cases: list[Case], name: str, out: Path, seg
         "config": config.get("path"),
     }
     t0 = time.time()
-    bundle = export_bundle(trained, out, seg, profile, provenance)
-    decision = None
-    if seg["union_threshold"] == "val" and (measure_sets or {}).get("val"):
+    decision = fixed_decision(seg)
+    bundle = export_bundle(trained, out, seg, profile, provenance, decision)
+    if seg["union_threshold"] == "val" and (measure_sets or {}).get("val"):  # needs the exported bundle to predict
         decision = choose_threshold(bundle, measure_sets["val"], seg["device"])
-        bundle = export_bundle(trained, out, seg, profile, provenance, decision)
-    elif fixed_decision(seg):
-        decision = fixed_decision(seg)
         bundle = export_bundle(trained, out, seg, profile, provenance, decision)
     if measure_sets:
         provenance["metrics"] = measure(bundle, measure_sets, seg["device"])
