@@ -348,6 +348,34 @@ def test_rerun_needs_resume_and_resume_reexports(tiny):
     assert bundles.model_id(tiny["bundle"])["version"] == "0.1.0"
 
 
+def test_resume_with_more_epochs_continues_the_finished_training(tiny, tmp_path):
+    """A larger `epochs` plus --resume trains on from checkpoint_final (nnU-Net's own checkpoint), records the
+    extension once and says so on the card; the same command again trains nothing more."""
+    import torch
+
+    from training.segmenter_stage import EXTENSIONS_FILE, trained_epochs
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny["work"], work, ignore=shutil.ignore_patterns("bundles"))
+    config = yaml.safe_load(Path(tiny["config"]).read_text())
+    config["segmenter"]["trainer"]["epochs"] += 1
+    config_file = work / "longer.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    fold = next((work / "nnunet" / "results").glob("Dataset*/*/fold_0"))
+    before = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    for _ in range(2):
+        done = _train_py("segmenter", "--config", config_file, "--work", work, "--resume")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert trained_epochs(fold / "checkpoint_final.pth") == before["current_epoch"] + 1
+        assert json.loads((fold / EXTENSIONS_FILE).read_text()) == [
+            {"from_epoch": before["current_epoch"], "to_epoch": before["current_epoch"] + 1}]
+    after = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert len(after["logging"]["epoch_end_timestamps"]) == before["current_epoch"] + 1
+    assert any(not torch.equal(after["network_weights"][k], v) for k, v in before["network_weights"].items())
+    card = (work / "bundles" / "segmenter" / "card.md").read_text()
+    assert f"then continued to {before['current_epoch'] + 1} with --resume" in card
+
+
 def test_trainer_class_follows_the_config():
     from training.segmenter_stage import seg_config, trainer_class
 

@@ -59,6 +59,7 @@ BUNDLE_VERSION = "0.1.0"
 # labels (with `labels` it never learned the four small ones: -8.5 mL on enlarged cases); at inference the label
 # regions decide (VentricleSynthLib.segmenter.union_and_scores: the union head measured worse on validation).
 TARGETS = ("labels", "union+labels")
+EXTENSIONS_FILE = "schedule_extensions.json"  # beside nnU-Net's checkpoints: --resume runs that added epochs
 NNUNET_DEFAULT_SCHEDULE = {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations_per_epoch": 50}
 
 DEFAULTS = {
@@ -387,9 +388,22 @@ def train(dataset_id: int, seg: dict, resume: bool = False, progress=print) -> t
         raise TrainingError(f"{fold_dir} already holds nnU-Net checkpoints ({', '.join(p.name for p in existing)}): "
                             f"pass --resume to continue, or use another --work folder")
     start = time.time()
-    if resume and (fold_dir / "checkpoint_final.pth").is_file():
-        progress(f"segmenter: {name} already trained ({fold_dir / 'checkpoint_final.pth'})")
-        return base, 0.0
+    final = fold_dir / "checkpoint_final.pth"
+    if resume and final.is_file():
+        done, wanted = trained_epochs(final), int(seg["trainer"]["epochs"])
+        if done >= wanted:
+            progress(f"segmenter: {name} already trained ({final}, {done} epochs)")
+            return base, 0.0
+        progress(f"segmenter: {name} trained {done} epochs; continuing to {wanted} "
+                 f"(nnU-Net's poly learning rate picks up at epoch {done} of {wanted})")
+        latest = fold_dir / "checkpoint_latest.pth"  # an interrupted extension: nnU-Net itself would reload final
+        continued_from = latest if latest.is_file() and trained_epochs(latest) > done else final
+        extensions = schedule_extensions(fold_dir)
+        if {"from_epoch": done, "to_epoch": wanted} not in extensions:
+            text = json.dumps(extensions + [{"from_epoch": done, "to_epoch": wanted}])
+            atomic_write_bytes(fold_dir / EXTENSIONS_FILE, lambda tmp: Path(tmp).write_text(text))
+    else:
+        continued_from = None
     device = _device(seg["device"])
     num_gpus = int(seg.get("num_gpus", 1))
     if num_gpus > 1:
@@ -402,13 +416,29 @@ def train(dataset_id: int, seg: dict, resume: bool = False, progress=print) -> t
     plans["continue_training"] = bool(resume)
     dataset_json = json.loads((pre / "dataset.json").read_text())
     trainer = cls(plans=plans, configuration=CONFIGURATION, fold=fold, dataset_json=dataset_json, device=device)
-    maybe_load_checkpoint(trainer, resume, False)
+    if continued_from is not None:
+        trainer.load_checkpoint(str(continued_from))
+    else:
+        maybe_load_checkpoint(trainer, resume, False)
     if torch.cuda.is_available() and device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     trainer.run_training()
     if seg.get("final_validation"):
         trainer.perform_actual_validation()
     return base, time.time() - start
+
+
+def schedule_extensions(fold_dir: Path) -> list[dict]:
+    """The --resume extensions of a finished training ([{"from_epoch", "to_epoch"}], oldest first), for the card."""
+    history = Path(fold_dir) / EXTENSIONS_FILE
+    return json.loads(history.read_text()) if history.is_file() else []
+
+
+def trained_epochs(checkpoint: Path) -> int:
+    """Epochs a finished nnU-Net checkpoint has trained (a larger `epochs` in the config extends it on --resume)."""
+    import torch
+
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["current_epoch"])
 
 
 def training_seconds(checkpoint: Path) -> float:
@@ -523,7 +553,10 @@ def card_text(config: dict, metrics: dict) -> str:
         f"(FreeSurfer {', '.join(str(v) for v in config['labels'].values())})",
         f"- nnU-Net {nn['nnunetv2_version']}, {nn['configuration']} ({nn['plan']} plan), "
         f"{nn['parameters'] / 1e6:.2f} M parameters, trained with {nn['trainer_trained_with']}: "
-        f"{t['schedule']['epochs']} epochs x {t['schedule']['iterations_per_epoch']} iterations",
+        f"{t['schedule']['epochs']} epochs x {t['schedule']['iterations_per_epoch']} iterations"
+        + "".join(f" (trained {e['from_epoch']} epochs, then continued to {e['to_epoch']} with --resume: the poly "
+                  f"learning rate picked up at epoch {e['from_epoch']} of {e['to_epoch']})"
+                  for e in t.get("schedule_extensions") or []),
         "- outputs: " + ("nnU-Net regions (sigmoid), trained as the ventricular system plus one region per "
                          "label; at inference a voxel is ventricle where its most likely label region exceeds "
                          "the decision threshold (next line) and is named by it"
@@ -646,6 +679,7 @@ def build(config: dict, work: Path, cases: list[Case], name: str, out: Path, seg
     seconds = training_seconds(trained / f"fold_{seg['fold']}" / "checkpoint_final.pth")
     timings["train_s"] = round(seconds, 1)
     provenance = {
+        "schedule_extensions": schedule_extensions(trained / f"fold_{seg['fold']}"),
         "cases": len(cases),
         "sources": ", ".join(f"{k}: {v}" for k, v in _count_origins(cases).items()),
         "dataset": ds_name,
