@@ -121,6 +121,8 @@ def test_synthetic_pairs_come_from_the_cohort_synthesis_with_the_papers_buckets(
     out = experiment.generate_synthetic(models, tmp_path / "synthetic", exp, tmp_path / "work", progress=print)
     cases = pair_cases(out)
     assert len(cases) == 2
+    assert len(experiment.synthetic_pairs(out, {**exp, "synthetic_count": 1}, generated=True)) == 1
+    assert len(experiment.synthetic_pairs(out, {**exp, "synthetic_count": 1}, generated=False)) == 2
     rows = list(csv.DictReader(open(out / "cases.csv")))
     lo, hi = MaskGenerator(models / MASK, "cpu").trained_range_ml
     width = (hi - lo) / 10

@@ -294,6 +294,13 @@ def _predict(bundle: Path, cases: list[dict], holdout_root: Path, out: Path, dev
     return time.time() - start
 
 
+def synthetic_pairs(source: Path, exp: dict, generated: bool) -> list[Case]:
+    """The arms' synthetic pairs: every pair of a --synthetic-from folder; of a generated folder the first
+    `synthetic_count` (a folder grown by an earlier, larger config keeps its extra pairs on disk)."""
+    cases = pair_cases(source, prefix="synth", val_every=10)
+    return cases[:int(exp["synthetic_count"])] if generated else cases
+
+
 def run(config: dict, work: Path, resume: bool = False, synthetic_from: Path | None = None,
         models: Path | None = None, progress=print) -> dict:
     work = Path(work)
@@ -326,7 +333,7 @@ def run(config: dict, work: Path, resume: bool = False, synthetic_from: Path | N
             else:
                 synthetic_source = generate_synthetic(gen_root, root / "synthetic", exp, work, progress)
         if synthetic_source is not None:
-            synthetic_cases = pair_cases(synthetic_source, prefix="synth", val_every=10)
+            synthetic_cases = synthetic_pairs(synthetic_source, exp, generated=synthetic_from is None)
         timings["synthetic_s"] = round(time.time() - t0, 1)
 
     real_cases = [c for d in exp["real_datasets"] for c in cohort_cases(work / "data", d)]
