@@ -87,7 +87,7 @@ def test_experiment_end_to_end_with_premade_synthetic_pairs(tmp_path):
     assert len(atlas) == 3 and not all(np.array_equal(atlas[0], a) for a in atlas[1:])
     # every arm got its own nnU-Net dataset and bundle
     for arm in ("real", "augmented", "synthetic"):
-        assert (work / "experiment" / arm / "bundle" / "manifest.json").is_file()
+        assert (work / "experiment" / "bundles" / arm / "manifest.json").is_file()
 
 
 def test_synthetic_arms_are_skipped_without_generators(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ bundles' unless the config sets them; the paper used w = 1), or from `--syntheti
 DIR` (pre-made `sample_*/` pairs or an nnU-Net raw dataset). Without either, the augmented and
 synthetic arms are skipped and the report says so.
 
-Everything lands in WORK/experiment/: synthetic/, <arm>/bundle/, predictions/<arm>/, report/.
+Everything lands in WORK/experiment/: synthetic/ (the pairs), bundles/<arm>/, predictions/<arm>/, report/.
 """
 
 from __future__ import annotations
@@ -352,7 +352,7 @@ def run(config: dict, work: Path, resume: bool = False, synthetic_from: Path | N
         seg = seg_config(config, {**exp["segmenter"], "dataset_id": int(exp["dataset_ids"][arm])})
         t0 = time.time()
         summary = segmenter_stage.build(config, work, arm_cases[arm], f"Ventricles{arm.capitalize()}",
-                                        root / arm / "bundle", seg, resume=resume, progress=progress)
+                                        root / "bundles" / arm, seg, resume=resume, progress=progress)
         timings[f"{arm}_train_s"] = round(time.time() - t0, 1)
         trained[arm] = {"bundle": Path(summary["bundle"]), "cases": len(arm_cases[arm]), "summary": summary,
                         "device": seg["device"]}
