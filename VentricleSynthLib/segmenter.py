@@ -90,7 +90,8 @@ def union_and_scores(outputs: np.ndarray, union_head: bool) -> tuple[np.ndarray,
     the union head is a training target only. Measured on the cpu bundle's validation split (23 natural
     cases): union head > 0.5 gave Dice 0.806 and volume MAE 4.5 mL (under-segmentation and stray distant
     voxels), the most likely label region 0.863 and 1.2 mL. Either way a voxel is ventricle where the union
-    exceeds 0.5 and is named by the highest label score.
+    exceeds the decision threshold (0.5 unless the bundle's config sets `decision.union_threshold`) and is
+    named by the highest label score.
     """
     outputs = np.asarray(outputs)
     return (outputs[1:].max(axis=0) if union_head else outputs[1:].sum(axis=0)), outputs[1:]

@@ -38,12 +38,12 @@ import numpy as np
 
 from VentricleSynthLib import bundle as bundles
 from VentricleSynthLib.errors import ConfigError, DatasetError
-from VentricleSynthLib.labels import VENTRICLE_LABELS, label_name
+from VentricleSynthLib.labels import label_name
 from VentricleSynthLib.nifti import Volume, atomic_write_bytes, check_same_grid, load_image, load_label_map, save_volume
 from VentricleSynthLib.nnunet_raw import list_cases, load_case, read_csv, read_dataset_json, write_csv, write_json
 from VentricleSynthLib.preprocess import Profile, to_profile
 from VentricleSynthLib.segmenter import MIN_THRESHOLD, SEGMENTER_LABELS, UNION_REGION, to_segmenter_indices
-from VentricleSynthLib.volumes import voxel_volume_ml
+from VentricleSynthLib.volumes import ventricle_volume_ml
 
 from .provenance import git_commit
 from . import nnunet_env
@@ -186,7 +186,8 @@ def segmenter_dataset_json(num_training: int, extra: dict | None = None, targets
 
     nnU-Net's own region -> label conversion (stock `nnUNetv2_predict`) paints the union as label 1 first and
     then each label region over it; `VentricleSynthLib.segmenter` instead decides ventricle vs background
-    by the most likely label region (> 0.5) and names the voxel by it (see `union_and_scores`).
+    by the most likely label region (above the bundle's decision threshold) and names the voxel by it (see
+    `union_and_scores`).
     """
     labels = {("background" if lab == 0 else label_name(lab)): i for i, lab in enumerate(SEGMENTER_LABELS)}
     regions = {}
@@ -626,11 +627,10 @@ def choose_threshold(bundle: Path, cases: list[Case], device: str = "cpu") -> di
         image, label = case.load()
         pre = to_profile(segmenter.profile, image=image)
         probabilities = segmenter.predict_probabilities(pre.image)
-        voxel_ml = voxel_volume_ml(image.affine)
-        truth_ml = float(np.count_nonzero(np.isin(label.array, VENTRICLE_LABELS))) * voxel_ml
+        truth_ml = ventricle_volume_ml(label.array, image.affine)
         for t in THRESHOLDS:
             found = segmenter.to_input(probabilities, pre.grid, pre.source, t)
-            errors[t].append(float(np.count_nonzero(found)) * voxel_ml - truth_ml)
+            errors[t].append(ventricle_volume_ml(found, image.affine) - truth_ml)
     mae = {t: float(np.mean(np.abs(e))) for t, e in errors.items()}
     best = min(THRESHOLDS, key=lambda t: (round(mae[t], 3), abs(t - 0.5)))
     return {"union_threshold": best, "chosen_on": f"validation split ({len(cases)} cases), smallest volume MAE",
