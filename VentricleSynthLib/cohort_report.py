@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .cohort_qc import DEFAULT_MIN_DICE, MAX_COMPONENTS, VOLUME_TOLERANCE_ML, VOLUME_TOLERANCE_REL
+from .figures import png_figure
 from .montage import write_montage
 from .nifti import atomic_write_bytes
 
@@ -59,54 +60,34 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
-    _plt().close(fig)
-
-
 def plot_volumes(rows: list[dict], path: Path) -> None:
-    plt = _plt()
     asked, got = _floats(rows, "asked_ml"), _floats(rows, "got_ml")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.8))
-    lo, hi = float(min(asked.min(), got.min())), float(max(asked.max(), got.max()))
-    bins = np.linspace(lo, hi if hi > lo else lo + 1, min(30, max(5, len(rows) // 3)) + 1)
-    ax1.hist(asked, bins=bins, alpha=0.6, label="asked")
-    ax1.hist(got, bins=bins, alpha=0.6, label="obtained")
-    ax1.set_xlabel("ventricle volume (mL)")
-    ax1.set_ylabel("samples")
-    ax1.legend()
-    ax2.scatter(asked, got, s=12)
-    ax2.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax2.set_xlabel("asked (mL)")
-    ax2.set_ylabel("obtained (mL)")
-    fig.suptitle("Ventricle volumes: asked vs obtained", fontsize=10)
-    fig.tight_layout()
-    _save(fig, path)
+    with png_figure(path, ncols=2, figsize=(9, 3.8)) as (fig, (ax1, ax2)):
+        lo, hi = float(min(asked.min(), got.min())), float(max(asked.max(), got.max()))
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, min(30, max(5, len(rows) // 3)) + 1)
+        ax1.hist(asked, bins=bins, alpha=0.6, label="asked")
+        ax1.hist(got, bins=bins, alpha=0.6, label="obtained")
+        ax1.set_xlabel("ventricle volume (mL)")
+        ax1.set_ylabel("samples")
+        ax1.legend()
+        ax2.scatter(asked, got, s=12)
+        ax2.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax2.set_xlabel("asked (mL)")
+        ax2.set_ylabel("obtained (mL)")
+        fig.suptitle("Ventricle volumes: asked vs obtained", fontsize=10)
 
 
 def plot_qc(rows: list[dict], path: Path) -> None:
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
     panels = [("qc_dice", "label fidelity Dice", (0.0, 1.0)), ("volume_error_ml", "obtained - asked (mL)", None),
               ("largest_component_fraction", "largest piece / ventricles", (0.0, 1.0))]
-    for ax, (key, title, limits) in zip(axes, panels):
-        values = _floats(rows, key)
-        if values.size:
-            ax.hist(values, bins=20 if limits else min(20, max(5, values.size // 2)), range=limits)
-        else:
-            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
+    with png_figure(path, ncols=3, figsize=(11, 3.4)) as (fig, axes):
+        for ax, (key, title, limits) in zip(axes, panels):
+            values = _floats(rows, key)
+            if values.size:
+                ax.hist(values, bins=20 if limits else min(20, max(5, values.size // 2)), range=limits)
+            else:
+                ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(title, fontsize=9)
 
 
 def montage_indices(rows: list[dict], n: int = MONTAGE_SAMPLES) -> list[int]:

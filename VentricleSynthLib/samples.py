@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OutputError
-from .labels import ventricle_mask
+from .figures import png_figure
+from .montage import draw_outlined, ventricle_views
 from .nifti import Volume, save_volume
 
 
@@ -33,25 +34,10 @@ def writable_dir(path) -> Path:
 
 def write_preview(image: np.ndarray, label: np.ndarray, path: Path, title: str) -> None:
     """Axial, coronal and sagittal slices through the ventricles, ventricles outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    vent = ventricle_mask(label)
-    c = np.argwhere(vent).mean(axis=0).round().astype(int) if vent.any() else np.array(image.shape) // 2
-    views = [(image[:, :, c[2]], vent[:, :, c[2]]), (image[:, c[1], :], vent[:, c[1], :]),
-             (image[c[0], :, :], vent[c[0], :, :])]
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
-    for ax, (img, msk) in zip(axes, views):
-        ax.imshow(img.T, origin="lower", cmap="gray", vmin=0, vmax=1)
-        if msk.any():
-            ax.contour(msk.T.astype(float), levels=[0.5], colors="orange", linewidths=0.8)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80, format="png")
-    plt.close(fig)
+    with png_figure(path, dpi=80, ncols=3, figsize=(9, 3.4)) as (fig, axes):
+        for ax, (img, msk) in zip(axes, ventricle_views(image, label, n_views=3)):
+            draw_outlined(ax, img, msk)
+        fig.suptitle(title, fontsize=9)
 
 
 def write_sample(out_dir: Path, index: int, image: np.ndarray, label: np.ndarray, affine: np.ndarray,

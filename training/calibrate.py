@@ -15,6 +15,7 @@ from scipy import ndimage
 from scipy.stats import spearmanr
 
 from VentricleSynthLib import bundle as bundles
+from VentricleSynthLib.figures import png_figure
 from VentricleSynthLib.generators import ImageGenerator, MaskGenerator, generate_pair
 from VentricleSynthLib.labels import MAIN_CLASSES, CORTEX_LABELS, VENTRICLE_LABELS, WHITE_MATTER_LABELS
 from VentricleSynthLib.nifti import atomic_write_bytes
@@ -89,26 +90,18 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
 
 
 def plot_sweep(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    for name, sel in _by_setting(rows).items():
-        asked = sorted({r["asked_ml"] for r in sel})
-        med = [np.median([r["got_ml"] for r in sel if r["asked_ml"] == a]) for a in asked]
-        ax.scatter([r["asked_ml"] for r in sel], [r["got_ml"] for r in sel], s=8, alpha=0.5)
-        ax.plot(asked, med, label=f"{name} (median)")
-    lim = max(max(r["asked_ml"] for r in rows), max(r["got_ml"] for r in rows)) * 1.05
-    ax.plot([0, lim], [0, lim], "k--", lw=0.8, label="identity")
-    ax.set_xlabel("asked ventricle volume (mL)")
-    ax.set_ylabel("obtained ventricle volume (mL)")
-    ax.set_title("w: guidance scale; K: candidates per sample", fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
-    plt.close(fig)
+    with png_figure(path, figsize=(5, 4.5)) as (fig, ax):
+        for name, sel in _by_setting(rows).items():
+            asked = sorted({r["asked_ml"] for r in sel})
+            med = [np.median([r["got_ml"] for r in sel if r["asked_ml"] == a]) for a in asked]
+            ax.scatter([r["asked_ml"] for r in sel], [r["got_ml"] for r in sel], s=8, alpha=0.5)
+            ax.plot(asked, med, label=f"{name} (median)")
+        lim = max(max(r["asked_ml"] for r in rows), max(r["got_ml"] for r in rows)) * 1.05
+        ax.plot([0, lim], [0, lim], "k--", lw=0.8, label="identity")
+        ax.set_xlabel("asked ventricle volume (mL)")
+        ax.set_ylabel("obtained ventricle volume (mL)")
+        ax.set_title("w: guidance scale; K: candidates per sample", fontsize=8)
+        ax.legend(fontsize=7)
 
 
 def _replace_section(card: Path, heading: str, body: str) -> None:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from VentricleSynthLib.montage import write_montage
 from VentricleSynthLib.nifti import Volume, atomic_write_bytes
 from VentricleSynthLib.nnunet_raw import (image_path, label_path, load_case, schema_dataset_json, write_case,
                                           write_csv, write_json)
 from VentricleSynthLib.preprocess import Profile
 
 from .cohort import CohortSettings, TemplateCohort, sample_targets
-from .montage import write_montage
 from .templates import load_template
 
 CASE_FIELDS = ["case", "target_ml", "ventricle_ml", "tiv_ml", "split", "skull", "strength_mm", "seed"]

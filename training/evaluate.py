@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from VentricleSynthLib.errors import DatasetError, GeometryMismatchError, InvalidImageError
+from VentricleSynthLib.figures import png_figure
 from VentricleSynthLib.labels import LabelMapping, VENTRICLE_LABELS, mapping_from_spec, validate_label_map
 from VentricleSynthLib.nifti import NIFTI_SUFFIXES, Volume, _affine, _as_3d, _read, atomic_write_bytes, check_same_grid
 from VentricleSynthLib.nnunet_raw import index_to_freesurfer, read_dataset_json, write_csv
@@ -232,81 +233,57 @@ def paper_table(summaries: dict[str, dict], extra: dict[str, dict] | None = None
 
 # --- plots -------------------------------------------------------------------------------------------
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    plt = _plt()
-    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
-    plt.close(fig)
-
-
 def plot_bland_altman(results: dict[str, list[dict]], path: Path) -> None:
-    plt = _plt()
     n = len(results)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False, sharey=True)
-    for ax, (name, rows) in zip(axes[0], results.items()):
-        ref = np.asarray([r["ref_ml"] for r in rows])
-        pred = np.asarray([r["pred_ml"] for r in rows])
-        mean, diff = (ref + pred) / 2, pred - ref
-        ax.scatter(mean, diff, s=14)
-        bias = diff.mean()
-        ax.axhline(bias, color="k", lw=1, label=f"bias {bias:+.1f} mL")
-        if diff.size > 1:
-            sd = diff.std(ddof=1)
-            for sign in (-1, 1):
-                ax.axhline(bias + sign * 1.96 * sd, color="gray", ls="--", lw=0.8)
-        ax.axhline(0, color="lightgray", lw=0.6)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("mean of reference and prediction (mL)")
-        ax.legend(fontsize=7, loc="best")
-    axes[0][0].set_ylabel("prediction − reference (mL)")
-    fig.suptitle("Bland–Altman: ventricular volume", fontsize=10)
-    fig.tight_layout()
-    _save(fig, path)
+    with png_figure(path, figsize=(4.2 * n, 3.6), ncols=n, squeeze=False, sharey=True) as (fig, axes):
+        for ax, (name, rows) in zip(axes[0], results.items()):
+            ref = np.asarray([r["ref_ml"] for r in rows])
+            pred = np.asarray([r["pred_ml"] for r in rows])
+            mean, diff = (ref + pred) / 2, pred - ref
+            ax.scatter(mean, diff, s=14)
+            bias = diff.mean()
+            ax.axhline(bias, color="k", lw=1, label=f"bias {bias:+.1f} mL")
+            if diff.size > 1:
+                sd = diff.std(ddof=1)
+                for sign in (-1, 1):
+                    ax.axhline(bias + sign * 1.96 * sd, color="gray", ls="--", lw=0.8)
+            ax.axhline(0, color="lightgray", lw=0.6)
+            ax.set_title(name, fontsize=10)
+            ax.set_xlabel("mean of reference and prediction (mL)")
+            ax.legend(fontsize=7, loc="best")
+        axes[0][0].set_ylabel("prediction − reference (mL)")
+        fig.suptitle("Bland–Altman: ventricular volume", fontsize=10)
 
 
 def plot_volume_scatter(results: dict[str, list[dict]], path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
-    lo, hi = math.inf, -math.inf
-    for name, rows in results.items():
-        ref = np.asarray([r["ref_ml"] for r in rows])
-        pred = np.asarray([r["pred_ml"] for r in rows])
-        ax.scatter(ref, pred, s=14, label=name)
-        lo, hi = min(lo, ref.min(), pred.min()), max(hi, ref.max(), pred.max())
-    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--", label="identity")
-    ax.set_xlabel("reference ventricular volume (mL)")
-    ax.set_ylabel("predicted ventricular volume (mL)")
-    ax.legend(fontsize=7)
-    ax.set_title("reference vs predicted volume", fontsize=10)
-    fig.tight_layout()
-    _save(fig, path)
+    with png_figure(path, figsize=(4.6, 4.4)) as (fig, ax):
+        lo, hi = math.inf, -math.inf
+        for name, rows in results.items():
+            ref = np.asarray([r["ref_ml"] for r in rows])
+            pred = np.asarray([r["pred_ml"] for r in rows])
+            ax.scatter(ref, pred, s=14, label=name)
+            lo, hi = min(lo, ref.min(), pred.min()), max(hi, ref.max(), pred.max())
+        ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--", label="identity")
+        ax.set_xlabel("reference ventricular volume (mL)")
+        ax.set_ylabel("predicted ventricular volume (mL)")
+        ax.legend(fontsize=7)
+        ax.set_title("reference vs predicted volume", fontsize=10)
 
 
 def plot_volumes_by_case(results: dict[str, list[dict]], path: Path) -> None:
     """Per-case volumes sorted by the reference volume (the paper code's per-patient plot)."""
-    plt = _plt()
     order = sorted({r["case"]: r["ref_ml"] for rows in results.values() for r in rows}.items(), key=lambda kv: kv[1])
     cases = [c for c, _ in order]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * len(cases) + 2), 3.8))
-    x = np.arange(len(cases))
-    ax.plot(x, [v for _, v in order], "k-o", ms=3, lw=1.2, label="reference")
-    for name, rows in results.items():
-        by = {r["case"]: r["pred_ml"] for r in rows}
-        ax.plot(x, [by.get(c, np.nan) for c in cases], "o", ms=3.5, label=name)
-    ax.set_xlabel(f"case (sorted by reference volume; n={len(cases)})")
-    ax.set_ylabel("ventricular volume (mL)")
-    ax.set_xticks([])
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
+    with png_figure(path, figsize=(max(5.0, 0.25 * len(cases) + 2), 3.8)) as (fig, ax):
+        x = np.arange(len(cases))
+        ax.plot(x, [v for _, v in order], "k-o", ms=3, lw=1.2, label="reference")
+        for name, rows in results.items():
+            by = {r["case"]: r["pred_ml"] for r in rows}
+            ax.plot(x, [by.get(c, np.nan) for c in cases], "o", ms=3.5, label=name)
+        ax.set_xlabel(f"case (sorted by reference volume; n={len(cases)})")
+        ax.set_ylabel("ventricular volume (mL)")
+        ax.set_xticks([])
+        ax.legend(fontsize=7)
 
 
 # --- the stage ---------------------------------------------------------------------------------------

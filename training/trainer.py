@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from VentricleSynthLib.errors import VentricleSynthError
+from VentricleSynthLib.figures import png_figure
 from VentricleSynthLib.nifti import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.pt"
@@ -212,20 +213,13 @@ def plot_metrics(folder: Path) -> None:
     records = read_metrics(folder)
     if not records:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = [k for k in records[-1] if k not in ("step", "seconds")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.5 * len(keys), 3), squeeze=False)
     steps = [r["step"] for r in records]
-    for ax, key in zip(axes[0], keys):
-        ax.plot(steps, [r.get(key, np.nan) for r in records])
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel("step")
-        if all(r.get(key, 1) > 0 for r in records):
-            ax.set_yscale("log")
-    fig.tight_layout()
-    atomic_write_bytes(Path(folder) / "loss_curves.png", lambda tmp: fig.savefig(tmp, dpi=70, format="png"))
-    plt.close(fig)
+    with png_figure(Path(folder) / "loss_curves.png", dpi=70, ncols=len(keys), figsize=(3.5 * len(keys), 3),
+                    squeeze=False) as (fig, axes):
+        for ax, key in zip(axes[0], keys):
+            ax.plot(steps, [r.get(key, np.nan) for r in records])
+            ax.set_title(key, fontsize=9)
+            ax.set_xlabel("step")
+            if all(r.get(key, 1) > 0 for r in records):
+                ax.set_yscale("log")
