@@ -88,6 +88,17 @@ def test_experiment_end_to_end_with_premade_synthetic_pairs(tmp_path):
     # every arm got its own nnU-Net dataset and bundle
     for arm in ("real", "augmented", "synthetic"):
         assert (work / "experiment" / "bundles" / arm / "manifest.json").is_file()
+    # a resumed run reuses the trained arms and says that its timings cover only what it redid
+    assert "Wall time " in report and "resumed" not in report
+    first_train_s = record["timings"]["real_train_s"]
+    done = _run("experiment", "--config", config, "--work", work, "--synthetic-from", work / "data" / "uniform",
+                "--resume")
+    assert done.returncode == 0, done.stderr[-4000:] + done.stdout[-2000:]
+    again = (report_dir / "report.md").read_text()
+    assert "Wall time of this resumed run" in again
+    table = [line for line in report.splitlines() if line.startswith("| ")]
+    assert [line for line in again.splitlines() if line.startswith("| ")] == table
+    assert json.loads((report_dir / "experiment.json").read_text())["timings"]["real_train_s"] < first_train_s / 3
 
 
 def test_synthetic_arms_are_skipped_without_generators(tmp_path, monkeypatch):

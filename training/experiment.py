@@ -385,7 +385,7 @@ def run(config: dict, work: Path, resume: bool = False, synthetic_from: Path | N
     for arm, folder in predictions.items():
         results[arm], missing[arm] = evaluate.evaluate_folder(folder, holdout_root, refs=refs)
     timings["total_s"] = round(time.time() - start, 1)
-    preamble = _preamble(config, exp, trained, synthetic_source, len(holdout), timings)
+    preamble = _preamble(config, exp, trained, synthetic_source, len(holdout), timings, resume)
     summaries = evaluate.write_report(results, root / "report", holdout_root,
                                       title=f"The paper's experiment at the `{config['profile_obj'].name}` profile",
                                       missing=missing, notes=notes, preamble=preamble)
@@ -399,7 +399,7 @@ def run(config: dict, work: Path, resume: bool = False, synthetic_from: Path | N
             "notes": notes}
 
 
-def _preamble(config, exp, trained, synthetic_source, n_holdout, timings) -> str:
+def _preamble(config, exp, trained, synthetic_source, n_holdout, timings, resumed: bool) -> str:
     lines = [f"Hold-out: `{exp['holdout']}` ({n_holdout} cases with enlarged ventricles; no model saw them).", ""]
     for arm, info in trained.items():
         s = info["summary"]
@@ -413,7 +413,8 @@ def _preamble(config, exp, trained, synthetic_source, n_holdout, timings) -> str
                      f"{r['demons_sigma']:g} voxels) after histogram matching; {timings.get('atlas_s', 0):.0f} s.")
     if synthetic_source:
         lines.append(f"- synthetic pairs: `{synthetic_source}`.")
-    lines += ["", f"Wall time {timings['total_s']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()
-                                                                     if k != "total_s") + ".", "",
+    heading = "Wall time of this resumed run (steps an earlier run finished count 0 s)" if resumed else "Wall time"
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total_s")
+    lines += ["", f"{heading} {timings['total_s']:.0f} s: {steps}.", "",
               PAPER_TABLE, ""]
     return "\n".join(lines)
