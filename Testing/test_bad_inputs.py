@@ -17,7 +17,7 @@ import pytest
 from VentricleSynthLib.errors import (
     GeometryMismatchError, InvalidImageError, LabelSchemaError, VentricleSynthError,
 )
-from VentricleSynthLib.nifti import check_same_grid, load_image, load_label_map
+from VentricleSynthLib.io.nifti import check_same_grid, load_image, load_label_map
 
 SHAPE = (12, 12, 12)
 
@@ -301,7 +301,7 @@ def test_integer_valued_float_label_map_and_plain_nii_are_accepted(nifti_file):
 def test_check_same_grid_tolerates_rounding_only():
     a = np.zeros(SHAPE)
     aff = np.diag([0.9, 1.2, 3.0, 1.0])
-    from VentricleSynthLib.nifti import Volume
+    from VentricleSynthLib.io.nifti import Volume
 
     check_same_grid(Volume(a, aff), Volume(a, aff + 1e-5))
     with pytest.raises(GeometryMismatchError):

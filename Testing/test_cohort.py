@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.cohort import CohortSettings, TemplateCohort, sample_targets
-from training.templates import build_label_map, load_committed
-from training.warps import integrate_velocity, random_velocity
-from VentricleSynthLib.geometry import ras_grid
+from training.data.template_cohort import CohortSettings, TemplateCohort, sample_targets
+from training.data.templates import build_label_map, load_committed
+from training.data.warps import integrate_velocity, random_velocity
+from VentricleSynthLib.imaging.geometry import ras_grid
 from VentricleSynthLib.labels import LABELS, VENTRICLE_LABELS
-from VentricleSynthLib.nnunet_raw import list_cases, load_case, read_dataset_json
+from VentricleSynthLib.io.nnunet_raw import list_cases, load_case, read_dataset_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from training import evaluate as ev
+from training.evaluation import scoring as ev
 from VentricleSynthLib.errors import DatasetError, GeometryMismatchError, LabelSchemaError
-from VentricleSynthLib.nifti import Volume
+from VentricleSynthLib.io.nifti import Volume
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (20, 20, 20)
@@ -301,7 +301,7 @@ def test_figures_keep_matplotlib_defaults_after_nnunet_restyles_the_process(tmp_
     import matplotlib.pyplot as plt
     import seaborn
 
-    from VentricleSynthLib.figures import png_figure
+    from VentricleSynthLib.io.figures import png_figure
 
     with matplotlib.rc_context():
         seaborn.set(font_scale=2.5)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from training import evaluate as ev
+from training.evaluation import scoring as ev
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -102,7 +102,7 @@ def test_experiment_end_to_end_with_premade_synthetic_pairs(tmp_path):
 
 
 def test_synthetic_arms_are_skipped_without_generators(tmp_path, monkeypatch):
-    from training import experiment
+    from training.stages import experiment
     from training.config import load_config
 
     work = tmp_path / "w"
@@ -120,10 +120,10 @@ def test_synthetic_arms_are_skipped_without_generators(tmp_path, monkeypatch):
 
 def test_synthetic_pairs_come_from_the_cohort_synthesis_with_the_papers_buckets(tmp_path):
     """The experiment's synthetic set is `synthesize` with `buckets` (bundled cpu generators, few steps)."""
-    from training import experiment
-    from training.segmenter_stage import pair_cases
-    from VentricleSynthLib.generators import MaskGenerator
-    from VentricleSynthLib.model_store import MASK
+    from training.stages import experiment
+    from training.segmenter.stage import pair_cases
+    from VentricleSynthLib.generation.generators import MaskGenerator
+    from VentricleSynthLib.bundles.store import MASK
 
     models = REPO / "VentricleSynth" / "Resources" / "Models"
     if not (models / MASK).is_dir():

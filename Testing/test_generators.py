@@ -14,11 +14,11 @@ import pytest
 import torch
 import yaml
 
-from VentricleSynthLib import bundle as bundles
-from VentricleSynthLib.generators import ImageGenerator, MaskGenerator, generate_pair
+from VentricleSynthLib.bundles import format as bundles
+from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator, generate_pair
 from VentricleSynthLib.labels import LABELS
-from VentricleSynthLib.networks import image_autoencoder, image_unet, mask_autoencoder, mask_unet, parameter_count
-from VentricleSynthLib.nifti import load_image, load_label_map
+from VentricleSynthLib.generation.networks import image_autoencoder, image_unet, mask_autoencoder, mask_unet, parameter_count
+from VentricleSynthLib.io.nifti import load_image, load_label_map
 from VentricleSynthLib.volumes import ventricle_volume_ml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_candidates_keep_the_decoding_closest_to_the_asked_volume(trained):
 def test_calibrate_writes_curve_statistics_and_cards(trained, tmp_path):
     import shutil as sh
 
-    from training import calibrate
+    from training.generators import calibration as calibrate
     from training.config import load_config
 
     models = tmp_path / "models"
@@ -288,7 +288,7 @@ def test_paper_config_builds_the_authors_architecture_sizes():
 def test_volume_channels_carry_the_condition_into_every_voxel():
     """`volume_channels: 2`: [v, flag] as constant input channels; the null token gives zeros; the UNet's
     prediction changes with the asked volume (it would not if the channels were dropped)."""
-    from VentricleSynthLib.networks import condition, mask_unet_input
+    from VentricleSynthLib.generation.networks import condition, mask_unet_input
 
     torch.manual_seed(0)
     arch = {"channels": [8, 16, 16], "num_res_blocks": 1, "attention_levels": [False, False, True],
@@ -314,7 +314,7 @@ def test_volume_channels_carry_the_condition_into_every_voxel():
 def test_one_brain_keeps_the_largest_piece_and_its_labels():
     from scipy import ndimage
 
-    from VentricleSynthLib.generators import one_brain
+    from VentricleSynthLib.generation.generators import one_brain
 
     label = np.zeros((20, 20, 20), np.int16)
     label[2:12, 2:12, 2:12] = 2

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from VentricleSynthLib.errors import GeometryMismatchError
-from VentricleSynthLib.geometry import (
+from VentricleSynthLib.imaging.geometry import (
     Grid, brain_mask_from_image, percentile_normalise, profile_grid, ras_grid, resample, resample_volume,
     to_canonical, world_bbox,
 )
-from VentricleSynthLib.nifti import Volume
-from VentricleSynthLib.preprocess import Preprocessed, Profile, to_input_grid, to_profile
+from VentricleSynthLib.io.nifti import Volume
+from VentricleSynthLib.imaging.profile import Preprocessed, Profile, to_input_grid, to_profile
 from VentricleSynthLib.volumes import ventricle_volume_ml
 
 SRC_SHAPE = (60, 48, 18)

@@ -1,5 +1,5 @@
 """The nnU-Net ventricle segmenter at tiny scale: stage `segmenter` (export, plan, train, bundle) and
-`VentricleSynthLib.segmenter` (any orientation in, label map on the input grid out, JSON report,
+`VentricleSynthLib.segmentation.segmenter` (any orientation in, label map on the input grid out, JSON report,
 bad inputs refused).
 
 The module fixture builds a reduced tiny cohort and trains a bundle for a handful of iterations
@@ -23,16 +23,16 @@ import numpy as np
 import pytest
 import yaml
 
-from VentricleSynthLib import bundle as bundles
+from VentricleSynthLib.bundles import format as bundles
 from VentricleSynthLib.errors import OutputError, VentricleSynthError
 from VentricleSynthLib.labels import LABELS, VENTRICLE_LABELS
-from VentricleSynthLib.nifti import Volume, load_image, save_volume
-from VentricleSynthLib.nnunet_raw import image_path
-from VentricleSynthLib.segmenter import (SEGMENTER_LABELS, UNION_REGION, Segmenter, UnsuitableImageError,
+from VentricleSynthLib.io.nifti import Volume, load_image, save_volume
+from VentricleSynthLib.io.nnunet_raw import image_path
+from VentricleSynthLib.segmentation.segmenter import (SEGMENTER_LABELS, UNION_REGION, Segmenter, UnsuitableImageError,
                                          check_input, from_segmenter_indices, get_segmenter, labels_from_outputs,
                                          segment_file, to_segmenter_indices)
 from VentricleSynthLib.volumes import voxel_volume_ml
-from training.evaluate import load_labels
+from training.evaluation.scoring import load_labels
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -220,7 +220,7 @@ def test_axis_order_matches_nnunets_own_reader(tiny):
 
 def _reoriented(volume: Volume, spacing=2.0) -> Volume:
     """The same image content on an LPS, axis-permuted grid with `spacing` mm voxels (exact nearest copy)."""
-    from VentricleSynthLib.geometry import Grid, resample
+    from VentricleSynthLib.imaging.geometry import Grid, resample
 
     arr = volume.array
     perm = arr.transpose(1, 2, 0)[::-1, ::-1, :]
@@ -283,7 +283,7 @@ def test_finer_input_grid_gets_a_finer_label_map(tiny, tmp_path):
 
 
 def test_thick_slices_refused_or_warned_in_json(tiny, tmp_path):
-    from VentricleSynthLib.geometry import Grid, resample
+    from VentricleSynthLib.imaging.geometry import Grid, resample
 
     root = tiny["work"] / "data" / "enlarged"
     original = load_image(image_path(root, "enlarged_0000"))
@@ -317,7 +317,7 @@ def test_mirroring_asked_of_a_model_trained_without_flips_is_not_applied_and_sai
 
 def test_segment_command_prints_exactly_one_json_line(tiny, tmp_path):
     case = image_path(tiny["work"] / "data" / "enlarged", "enlarged_0000")
-    code = ("import sys, argparse; from VentricleSynthLib.segmenter import segment_command; "
+    code = ("import sys, argparse; from VentricleSynthLib.segmentation.segmenter import segment_command; "
             "sys.exit(segment_command(argparse.Namespace(image=sys.argv[1], out=sys.argv[2], device='cpu', "
             "tta=False, models=sys.argv[3])))")
     done = subprocess.run([sys.executable, "-c", code, str(case), str(tmp_path / "s.nii.gz"),
@@ -332,7 +332,7 @@ def test_segment_command_prints_exactly_one_json_line(tiny, tmp_path):
                                            "Right-Inf-Lat-Vent", "3rd-Ventricle", "4th-Ventricle"}
     assert (tmp_path / "s.nii.gz").is_file()
     # the same call in-process with an argparse Namespace, as cli.py will make it
-    from VentricleSynthLib.segmenter import segment_command
+    from VentricleSynthLib.segmentation.segmenter import segment_command
 
     assert segment_command(Namespace(image=str(case), out=str(tmp_path / "s2.nii.gz"), device="cpu", tta=False,
                                      models=str(tiny["bundle"].parent))) == 0
@@ -353,7 +353,7 @@ def test_resume_with_more_epochs_continues_the_finished_training(tiny, tmp_path)
     extension once and says so on the card; the same command again trains nothing more."""
     import torch
 
-    from training.segmenter_stage import EXTENSIONS_FILE, trained_epochs
+    from training.segmenter.stage import EXTENSIONS_FILE, trained_epochs
 
     work = tmp_path / "work"
     shutil.copytree(tiny["work"], work, ignore=shutil.ignore_patterns("bundles"))
@@ -377,7 +377,7 @@ def test_resume_with_more_epochs_continues_the_finished_training(tiny, tmp_path)
 
 
 def test_trainer_class_follows_the_config():
-    from training.segmenter_stage import seg_config, trainer_class
+    from training.segmenter.stage import seg_config, trainer_class
 
     from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
         nnUNetTrainerNoMirroring)
@@ -394,7 +394,7 @@ def test_trainer_class_follows_the_config():
     with pytest.raises(VentricleSynthError, match="targets"):
         seg_config({"segmenter": {"targets": "union"}, "path": "x"})
     assert seg_config({"path": "x"})["targets"] == "labels"  # nnU-Net's default unless a config asks for regions
-    from training.segmenter_stage import fixed_decision
+    from training.segmenter.stage import fixed_decision
 
     assert fixed_decision(seg_config({"segmenter": {"union_threshold": "val"}, "path": "x"})) is None  # no val: 0.5
     assert fixed_decision(seg_config({"path": "x"})) is None
@@ -406,7 +406,7 @@ def test_trainer_class_follows_the_config():
 
 def test_threshold_chosen_on_val_is_the_one_with_the_smallest_volume_error(tiny, tmp_path):
     """choose_threshold's MAE table is what segmenting at each threshold gives; the bundle's decision is used."""
-    from training.segmenter_stage import THRESHOLDS, choose_threshold, cohort_cases
+    from training.segmenter.stage import THRESHOLDS, choose_threshold, cohort_cases
 
     cases = cohort_cases(tiny["work"] / "data", "natural", splits=("val",))
     decision = choose_threshold(tiny["bundle"], cases, "cpu")
@@ -441,8 +441,8 @@ def test_bundled_segmenter_finds_the_templates_ventricles_on_a_1mm_grid_with_sku
     """The committed ICBM template (skull on, never a training case as such) resampled to 1 mm RAS and
     to 1 mm LPS: the bundled model's ventricles overlap the template's own labels and match their volume,
     whatever the input orientation."""
-    from training.templates import committed_on_grid
-    from VentricleSynthLib.overlap import dice
+    from training.data.templates import committed_on_grid
+    from VentricleSynthLib.metrics import dice
 
     image, label = committed_on_grid((160, 192, 160), 1.0)
     truth = np.isin(label, VENTRICLE_LABELS)

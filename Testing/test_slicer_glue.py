@@ -13,9 +13,9 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
 
-from VentricleSynthLib import slicer_glue as glue  # noqa: E402
+from VentricleSynthLib.slicer_glue import mrml as glue  # noqa: E402
 from VentricleSynthLib.labels import SCHEMA, VENTRICLE_LABELS  # noqa: E402
-from VentricleSynthLib.nifti import Volume, load_image, load_label_map, save_volume  # noqa: E402
+from VentricleSynthLib.io.nifti import Volume, load_image, load_label_map, save_volume  # noqa: E402
 from VentricleSynthLib.volumes import label_volumes_ml, voxel_volume_ml  # noqa: E402
 
 BINARY = "Binary labelmap"
@@ -225,7 +225,7 @@ def test_relabelling_an_existing_node_replaces_segments(scene):
 # --------------------------------------------------------- node -> worker files -> result nodes
 @pytest.mark.parametrize("case", ["anisotropic", "oblique", "lps-oblique"])
 def test_geometry_survives_node_to_worker_files_to_result_nodes(scene, make_affine, tmp_path, case):
-    """Acceptance 1: a volume written for the worker, read there with VentricleSynthLib.nifti, labelled on
+    """Acceptance 1: a volume written for the worker, read there with VentricleSynthLib.io.nifti, labelled on
     its own grid, and loaded back lands on the input's voxels (<= 0.5 voxel; here exactly)."""
     label = _label_map()
     affine = _affines(make_affine, label.shape)[case]
@@ -292,7 +292,7 @@ def test_result_segmentation_follows_the_input_parent_transform(scene, tmp_path)
 
 def test_load_sample_from_a_worker_result(scene, make_affine, tmp_path):
     """A sample folder exactly as `worker generate` writes it (samples.write_sample) and its RESULT line."""
-    from VentricleSynthLib.samples import write_sample
+    from VentricleSynthLib.generation.sample_folder import write_sample
     from VentricleSynthLib.volumes import ventricle_volume_ml
 
     label = _label_map()

@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 import yaml
 
-from VentricleSynthLib.cohort_synthesis import owned, parse_shard
-from VentricleSynthLib.distributions import parse, sample_seed
+from VentricleSynthLib.cohorts.synthesize import owned, parse_shard
+from VentricleSynthLib.cohorts.distributions import parse, sample_seed
 from VentricleSynthLib.errors import DatasetError, RequestError
 from VentricleSynthLib.labels import VENTRICLE_LABELS
-from VentricleSynthLib.nifti import load_image
-from VentricleSynthLib.nnunet_raw import load_case, read_dataset_json
-from VentricleSynthLib.overlap import dice
+from VentricleSynthLib.io.nifti import load_image
+from VentricleSynthLib.io.nnunet_raw import load_case, read_dataset_json
+from VentricleSynthLib.metrics import dice
 from VentricleSynthLib.volumes import ventricle_volume_ml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +198,7 @@ def test_torchrun_rank_gives_the_shard(monkeypatch):
 
 
 def test_pinned_settings_refuse_another_batch_size(tmp_path):
-    from VentricleSynthLib.cohort_synthesis import _pin_settings
+    from VentricleSynthLib.cohorts.synthesize import _pin_settings
 
     run = {"format": "nnunet", "seed": 1, "batch_size": 3, "device_type": "cpu", "qc_min_dice": None}
     _pin_settings(tmp_path, run)
@@ -216,7 +216,7 @@ def _qc_record(**kw):
 
 
 def test_qc_flags_and_filter():
-    from VentricleSynthLib.cohort_qc import DEFAULT_MIN_DICE, MAX_COMPONENTS, flags, passes_filter
+    from VentricleSynthLib.cohorts.qc import DEFAULT_MIN_DICE, MAX_COMPONENTS, flags, passes_filter
 
     assert flags(_qc_record()) == []
     assert flags(_qc_record(volume_error_ml=11.0)) == ["volume_off"]  # > 5 mL and > 20 % of 50 mL
@@ -237,7 +237,7 @@ def test_qc_flags_and_filter():
 
 
 def test_summary_pairs_asked_and_got_of_the_same_rows():
-    from VentricleSynthLib.cohort_report import summary
+    from VentricleSynthLib.cohorts.report import summary
 
     rows = [{"asked_ml": a, "got_ml": g, "qc_dice": d, "included": True, "qc": "ok", "seconds": 1.0}
             for a, g, d in [(10, 12, 0.9), (20, "", ""), (30, 29, 0.7), (40, 45, "")]]
@@ -247,8 +247,8 @@ def test_summary_pairs_asked_and_got_of_the_same_rows():
 
 
 def test_incomplete_raw_dataset_is_refused_for_training(tmp_path):
-    from training.segmenter_stage import pair_cases
-    from VentricleSynthLib.nnunet_raw import schema_dataset_json, write_json
+    from training.segmenter.stage import pair_cases
+    from VentricleSynthLib.io.nnunet_raw import schema_dataset_json, write_json
 
     (tmp_path / "imagesTr").mkdir()
     for case in ("synth_0000", "synth_0001"):
@@ -264,7 +264,7 @@ def test_incomplete_raw_dataset_is_refused_for_training(tmp_path):
 
 
 def test_synthesize_config_values_are_type_checked():
-    from training.synthesize_stage import synth_config
+    from training.stages.synthesize import synth_config
     from VentricleSynthLib.errors import ConfigError
 
     assert synth_config({"synthesize": {"count": 4}}, {"qc_min_dice": 0.5})["qc_min_dice"] == 0.5
@@ -304,7 +304,7 @@ def test_cohort_is_an_nnunet_dataset_with_records_qc_and_report(resumed, models)
     assert {"asked_ml", "got_ml", "seed", "guidance", "steps", "seconds", "qc", "qc_dice"} <= set(rows[0])
     run = json.loads((out / "synthesis.json").read_text())
     lo, hi = (float(x) for x in run["distribution"].split(":")[1].split("-"))
-    from VentricleSynthLib.segmenter import Segmenter
+    from VentricleSynthLib.segmentation.segmenter import Segmenter
 
     seg = Segmenter(models["bundles"] / "segmenter", device="cpu")
     for r in rows:
@@ -376,8 +376,8 @@ def test_two_concurrent_shards_equal_one_unsharded_run(resumed, models, tmp_path
 
 
 def test_batched_sampling_matches_single_samples(models):
-    from VentricleSynthLib.batch_sampling import generate_pairs
-    from VentricleSynthLib.generators import ImageGenerator, MaskGenerator, generate_pair
+    from VentricleSynthLib.generation.batch import generate_pairs
+    from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator, generate_pair
 
     mask = MaskGenerator(models["bundles"] / "mask_generator", "cpu")
     image = ImageGenerator(models["bundles"] / "image_generator", "cpu")
@@ -482,7 +482,7 @@ def test_segmenter_stage_trains_on_the_cohort_as_is(resumed, models, tmp_path):
 # --- the bundled cpu models (acceptance; skipped until the bundles are committed) ------------------------------
 
 def _bundled() -> Path:
-    from VentricleSynthLib.model_store import BUNDLED
+    from VentricleSynthLib.bundles.store import BUNDLED
 
     return BUNDLED
 
@@ -512,7 +512,7 @@ def test_bundled_models_cohort_follows_the_asked_volumes(tmp_path):
     assert spearmanr(asked, got)[0] >= 0.9, list(zip(asked, got))
     report = (out / "report" / "report.md").read_text()
     assert "median label-fidelity Dice" in report and (out / "report" / "montage.png").stat().st_size > 1000
-    from VentricleSynthLib.model_store import SEGMENTER, models_dir
+    from VentricleSynthLib.bundles.store import SEGMENTER, models_dir
 
     if (models_dir(None) / SEGMENTER).is_dir():
         assert re.search(r"label map\): \*\*[01]\.\d{3}\*\* over 12 samples", report), \

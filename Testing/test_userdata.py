@@ -9,13 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from training.userdata import ImportReport, discover_pairs, import_dataset, sanitise_case_id
+from training.data.user_import import ImportReport, discover_pairs, import_dataset, sanitise_case_id
 from VentricleSynthLib.labels import mapping_from_spec as resolve_mapping
-from VentricleSynthLib import nnunet_raw
+from VentricleSynthLib.io import nnunet_raw
 from VentricleSynthLib.errors import ConfigError, DatasetError
 from VentricleSynthLib.labels import CEREBRA, LABELS, VENTRICLE_LABELS, LabelMapping
-from VentricleSynthLib.nifti import Volume
-from VentricleSynthLib.preprocess import Profile
+from VentricleSynthLib.io.nifti import Volume
+from VentricleSynthLib.imaging.profile import Profile
 from VentricleSynthLib.volumes import tiv_ml, ventricle_volume_ml, voxel_volume_ml
 
 SHAPE = (30, 36, 30)

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from VentricleSynthLib import worker, worker_protocol as wp
+from VentricleSynthLib.worker import server as worker
+from VentricleSynthLib.worker import protocol as wp
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -149,7 +150,7 @@ def test_out_of_memory_detection():
 # ----------------------------------------------------------------------------------- command lines
 def test_logic_command_lines_parse_with_the_worker_parser():
     """What the Slicer Logic builds (worker_protocol.*_command) is what the worker accepts, both through
-    `python -m VentricleSynthLib worker` (cli.py) and `python -m VentricleSynthLib.worker`."""
+    `python -m VentricleSynthLib worker` (cli.py) and `python -m VentricleSynthLib.worker.server`."""
     from VentricleSynthLib import cli
 
     command = wp.generate_command("python", "/tmp/out dir", 42.5, guidance=3.0, steps=7, seed=11, count=3,
@@ -222,9 +223,9 @@ def _random_bundles(root: Path) -> Path:
     """Small random-weight generator bundles on a 16^3 grid of 4 mm voxels (no training)."""
     import torch
 
-    from VentricleSynthLib import bundle as bundles
+    from VentricleSynthLib.bundles import format as bundles
     from VentricleSynthLib.labels import LABELS, SCHEMA
-    from VentricleSynthLib.networks import image_autoencoder, image_unet, mask_autoencoder, mask_unet
+    from VentricleSynthLib.generation.networks import image_autoencoder, image_unet, mask_autoencoder, mask_unet
 
     torch.manual_seed(0)
     shape, spacing = (16, 16, 16), 4.0
@@ -303,8 +304,8 @@ def test_worker_generate_end_to_end_files_protocol_and_nodes(models, tmp_path):
         assert record["got_ml"] == result["got_ml"]
 
     slicer = pytest.importorskip("slicer")
-    from VentricleSynthLib import slicer_glue as glue
-    from VentricleSynthLib.nifti import load_label_map
+    from VentricleSynthLib.slicer_glue import mrml as glue
+    from VentricleSynthLib.io.nifti import load_label_map
     from VentricleSynthLib.volumes import ventricle_volume_ml
 
     scene = slicer.vtkMRMLScene()
@@ -379,7 +380,7 @@ def test_worker_segment_loads_on_the_input_grid_or_reports_a_clear_error(models,
     says so in one `error:` line and exit 2 (never a fake result)."""
     models_dir, _origin = models
     slicer = pytest.importorskip("slicer")
-    from VentricleSynthLib import slicer_glue as glue
+    from VentricleSynthLib.slicer_glue import mrml as glue
 
     scene = slicer.vtkMRMLScene()
     shape = (40, 44, 36)
@@ -426,7 +427,7 @@ def test_library_modules_for_slicer_import_no_heavy_packages():
     """What Slicer's own process imports (module file, protocol, glue, worker entry) pulls in neither
     torch nor slicer/vtk/qt at import time."""
     code = ("import sys\n"
-            "import VentricleSynthLib.worker_protocol, VentricleSynthLib.slicer_glue, VentricleSynthLib.worker\n"
+            "import VentricleSynthLib.worker.protocol, VentricleSynthLib.slicer_glue.mrml, VentricleSynthLib.worker.server\n"
             "import VentricleSynthLib.cli\n"
             "bad = sorted(m for m in ('torch', 'monai', 'slicer', 'vtk', 'qt', 'nnunetv2') if m in sys.modules)\n"
             "print(bad)\n"
@@ -494,7 +495,7 @@ def test_slicer_logic_generates_and_segments_in_blocking_mode(module_logic):
     """The Logic's own code path: command line, working directory, environment, temporary folder,
     loading RESULT files into nodes, cleanup. (The QProcess path shares all of it but the process.)"""
     module, logic = module_logic
-    from VentricleSynthLib import slicer_glue as glue
+    from VentricleSynthLib.slicer_glue import mrml as glue
 
     assert logic.modelsDir() == str(logic.userModelsDir())
     defaults = logic.generatorDefaults()

@@ -4,7 +4,7 @@ the ventricles of a scan, from a Slicer panel (Ruschke et al. 2024).
 Thin by design: no machine learning runs in Slicer's process. The Logic writes inputs to a temporary
 folder, runs `python -m VentricleSynthLib worker ...` with Slicer's Python through QProcess, follows
 its PROGRESS lines on an exact progress bar, and loads the files named in its RESULT lines through
-`VentricleSynthLib.slicer_glue`. Heavy packages (torch, monai, nnU-Net) are imported by the worker only,
+`VentricleSynthLib.slicer_glue.mrml`. Heavy packages (torch, monai, nnU-Net) are imported by the worker only,
 and installed on the user's request.
 """
 
@@ -57,10 +57,10 @@ LIBRARY_MODULES = (
     "VentricleSynthLib",
     "VentricleSynthLib.errors",
     "VentricleSynthLib.labels",
-    "VentricleSynthLib.worker_protocol",
-    "VentricleSynthLib.nifti",
+    "VentricleSynthLib.worker.protocol",
+    "VentricleSynthLib.io.nifti",
     "VentricleSynthLib.volumes",
-    "VentricleSynthLib.slicer_glue",
+    "VentricleSynthLib.slicer_glue.mrml",
 )
 
 # Import name -> pip requirement of what the worker needs (torch comes from the PyTorch extension).
@@ -90,7 +90,8 @@ def reloadLibrary():
 
 
 def _lib():
-    from VentricleSynthLib import slicer_glue, worker_protocol
+    from VentricleSynthLib.slicer_glue import mrml as slicer_glue
+    from VentricleSynthLib.worker import protocol as worker_protocol
 
     return slicer_glue, worker_protocol
 

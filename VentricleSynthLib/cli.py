@@ -9,8 +9,8 @@ import argparse
 import json
 import sys
 
-from . import __version__
-from .errors import RequestError, VentricleSynthError
+from VentricleSynthLib import __version__
+from VentricleSynthLib.errors import RequestError, VentricleSynthError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_info(args) -> int:
-    from .model_store import describe, models_dir
+    from VentricleSynthLib.bundles.store import describe, models_dir
     import monai
     import nibabel
     import numpy
@@ -44,9 +44,9 @@ def _cmd_info(args) -> int:
 
 def _cmd_check(args) -> int:
     """Validate an image (and optionally its label map) and print its geometry and volumes."""
-    from .labels import mapping_from_spec
-    from .nifti import check_same_grid, load_image, load_label_map
-    from .volumes import volume_report
+    from VentricleSynthLib.labels import mapping_from_spec
+    from VentricleSynthLib.io.nifti import check_same_grid, load_image, load_label_map
+    from VentricleSynthLib.volumes import volume_report
 
     image = load_image(args.image)
     result = {
@@ -70,9 +70,9 @@ _COHORT_OPTIONS = ("distribution", "format", "shard", "batch_size", "qc_min_dice
 def _cmd_generate(args) -> int:
     if any(getattr(args, k) is not None for k in _COHORT_OPTIONS):
         return _generate_cohort(args)
-    from .generators import ImageGenerator, MaskGenerator, generate_pair
-    from .model_store import IMAGE, MASK, bundle_path
-    from .samples import writable_dir, write_sample
+    from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator, generate_pair
+    from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
+    from VentricleSynthLib.generation.sample_folder import writable_dir, write_sample
 
     if args.ventricle_ml is None:
         raise RequestError("generate needs --ventricle-ml V (samples of one volume) or --distribution SPEC (a cohort)")
@@ -97,7 +97,7 @@ def _cmd_generate(args) -> int:
 
 def _generate_cohort(args) -> int:
     """`generate --distribution SPEC [--format nnunet] …`: a synthetic cohort (cohort_synthesis)."""
-    from .cohort_synthesis import CohortRequest, synthesize
+    from VentricleSynthLib.cohorts.synthesize import CohortRequest, synthesize
 
     if args.distribution is not None and args.ventricle_ml is not None:
         raise RequestError("give either --ventricle-ml (one volume) or --distribution (a cohort), not both")
@@ -115,13 +115,13 @@ def _generate_cohort(args) -> int:
 
 
 def _cmd_worker(args) -> int:
-    from .worker import run
+    from VentricleSynthLib.worker.server import run
 
     return run(args)
 
 
 def _cmd_segment(args) -> int:
-    from .segmenter import segment_command
+    from VentricleSynthLib.segmentation.segmenter import segment_command
 
     return segment_command(args)
 
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label convention of --label: freesurfer (default), cerebra, or a CSV with source,target")
     p.set_defaults(func=_cmd_check)
 
-    from .worker import add_arguments as add_worker_arguments
+    from VentricleSynthLib.worker.server import add_arguments as add_worker_arguments
 
     p = sub.add_parser("worker", help="out-of-process worker for the Slicer module (PROGRESS/RESULT lines)")
     add_worker_arguments(p)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import RequestError
+from VentricleSynthLib.errors import RequestError
 
 
 def resolve_device(device: str | None) -> torch.device:

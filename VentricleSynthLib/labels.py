@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LabelSchemaError
+from VentricleSynthLib.errors import LabelSchemaError
 
 # label -> (name, RGB colour) in the FreeSurferColorLUT convention (SynthSeg 2.0's 32 labels + background).
 SCHEMA: dict[int, tuple[str, tuple[int, int, int]]] = {

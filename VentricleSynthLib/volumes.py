@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .labels import VENTRICLE_LABELS, label_name
+from VentricleSynthLib.labels import VENTRICLE_LABELS, label_name
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:

@@ -23,8 +23,8 @@ CHILD = r"""
 import hashlib, json, resource, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-from VentricleSynthLib.generators import ImageGenerator, MaskGenerator, generate_pair
-from VentricleSynthLib.model_store import IMAGE, MASK, bundle_path
+from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator, generate_pair
+from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
 models = sys.argv[4] or None
 t0 = time.perf_counter()
 mask = MaskGenerator(bundle_path(MASK, models), "cpu")

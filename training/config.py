@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from VentricleSynthLib.errors import ConfigError
-from VentricleSynthLib.preprocess import Profile
+from VentricleSynthLib.imaging.profile import Profile
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PROFILES = ("paper", "cpu", "tiny")

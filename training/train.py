@@ -15,8 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as a script: the repository root replaces training/ on the path, so that
+    # training's subpackages (data, stages, ...) are never importable as top-level modules
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
 
 from VentricleSynthLib.errors import VentricleSynthError  # noqa: E402
 
@@ -27,12 +30,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _stage_data(args, config) -> int:
-    from training import data_stage
+    from training.stages import data as data_stage
 
     if args.source is None:
         data_stage.run(config, args.work, distributions=args.distributions)
         return 0
-    from training.userdata import import_dataset
+    from training.data.user_import import import_dataset
 
     report = import_dataset(args.source, args.work / "data" / "user", config["profile_obj"],
                             image_pattern=args.images, label_pattern=args.labels, mapping=args.mapping,
@@ -45,7 +48,7 @@ def _stage_data(args, config) -> int:
 
 def _generator_stage(name):
     def stage(args, config) -> int:
-        from training import generator_stages
+        from training.generators import training as generator_stages
 
         fn = {"mask-ae": generator_stages.train_mask_autoencoder, "mask-ldm": generator_stages.train_mask_ldm,
               "image-ae": generator_stages.train_image_autoencoder,
@@ -58,7 +61,7 @@ def _generator_stage(name):
 
 
 def _stage_calibrate(args, config) -> int:
-    from training import calibrate
+    from training.generators import calibration as calibrate
 
     command = " ".join(["python training/train.py", *sys.argv[1:]])
     result = calibrate.run(config, args.work, models=args.models, command=command,
@@ -71,7 +74,7 @@ def _stage_calibrate(args, config) -> int:
 
 
 def _stage_synthesize(args, config) -> int:
-    from training import synthesize_stage
+    from training.stages import synthesize as synthesize_stage
 
     result = synthesize_stage.run(config, args.work, models=args.models, out=args.out, shard=args.shard,
                                   overrides={"count": args.count, "distribution": args.distribution,
@@ -82,7 +85,7 @@ def _stage_synthesize(args, config) -> int:
 
 
 def _stage_segmenter(args, config) -> int:
-    from training import segmenter_stage
+    from training.segmenter import stage as segmenter_stage
 
     summary = segmenter_stage.run(config, args.work, resume=args.resume, synthetic=args.synthetic)
     print(f"segmenter: {summary}")
@@ -90,7 +93,7 @@ def _stage_segmenter(args, config) -> int:
 
 
 def _stage_evaluate(args, config) -> int:
-    from training import evaluate
+    from training.evaluation import scoring as evaluate
 
     if not args.pred or args.ref is None or args.out is None:
         raise evaluate.DatasetError("evaluate needs --pred DIR (one or more), --ref DIR and --out DIR")
@@ -104,7 +107,7 @@ def _stage_evaluate(args, config) -> int:
 
 
 def _stage_experiment(args, config) -> int:
-    from training import experiment
+    from training.stages import experiment
 
     result = experiment.run(config, args.work, resume=args.resume, synthetic_from=args.synthetic_from,
                             models=args.models)

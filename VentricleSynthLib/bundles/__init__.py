@@ -1,0 +1,1 @@
+"""Model bundles: their on-disk format (manifest, weights, card) and where they are found."""

@@ -1,0 +1,119 @@
+"""Model bundles: a folder with config.json, *.safetensors weights, card.md and a sha256 manifest.
+
+Weights are stored as float16 and loaded as float32. Loading verifies every file in the manifest
+before anything is read, and never unpickles code (safetensors + JSON only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from VentricleSynthLib.errors import VentricleSynthError
+from VentricleSynthLib.io.nifti import atomic_write_bytes
+
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+
+
+class BundleError(VentricleSynthError):
+    """A model bundle is missing, incomplete, corrupted or fails its checksums."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> dict:
+    """Checksum every file of the bundle (except the manifest itself)."""
+    folder = Path(folder)
+    files = {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    manifest = {"files": files}
+    text = json.dumps(manifest, indent=2) + "\n"
+    atomic_write_bytes(folder / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+    return manifest
+
+
+def verify(folder: Path) -> dict:
+    """Check the manifest's checksums; returns the manifest. Raises BundleError on any mismatch."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BundleError(f"model bundle {folder} does not exist")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError):
+        raise BundleError(f"model bundle {folder} has no valid {MANIFEST}") from None
+    for rel, expected in files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise BundleError(f"model bundle {folder}: missing file {rel}")
+        if sha256(path) != expected:
+            raise BundleError(f"model bundle {folder}: checksum mismatch for {rel} (corrupted or modified)")
+    return manifest
+
+
+def read_config(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"model bundle {folder}: cannot read {CONFIG} ({exc})") from None
+
+
+def load_weights(folder: Path, name: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    path = Path(folder) / f"{name}.safetensors"
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise BundleError(f"model bundle {folder}: cannot read {path.name} ({exc})") from None
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
+
+
+def model_id(folder: Path) -> dict:
+    """Identity of a verified bundle for provenance records: name, version and manifest digest."""
+    config = read_config(folder)
+    digest = hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()
+    return {"name": config.get("name", Path(folder).name), "version": config.get("version"), "sha256": digest}
+
+
+def save_bundle(folder: Path, config: dict, modules: dict[str, torch.nn.Module],
+                extra_files: dict | None = None) -> Path:
+    """Write a complete bundle into a temporary sibling, then swap it in (never a half-written bundle)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for name, module in modules.items():
+            state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous().cpu()
+                     for k, v in module.state_dict().items()}
+            save_file(state, str(staging / f"{name}.safetensors"))
+        (staging / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        for rel, src in (extra_files or {}).items():
+            shutil.copyfile(src, staging / rel)
+        write_manifest(staging)
+        swap_in(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def swap_in(staging: Path, folder: Path) -> None:
+    """Replace `folder` by the complete `staging` folder (a sibling) with renames only."""
+    old = folder.with_name(f".{folder.name}.old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(staging, folder)
+    shutil.rmtree(old, ignore_errors=True)

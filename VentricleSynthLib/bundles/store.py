@@ -1,0 +1,58 @@
+"""Where model bundles live: the extension's Resources/Models, or a folder the user names.
+
+Search order: an explicit `--models DIR`, then `$VENTRICLESYNTH_MODELS`, then the bundled folder
+(VentricleSynth/Resources/Models next to this package). Bundles trained elsewhere (e.g. on GPU with
+training/train.py) are used by pointing either of the first two at a folder that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from VentricleSynthLib.bundles.format import BundleError, model_id, read_config, verify
+
+_LIBRARY = Path(__file__).resolve().parents[1]  # the VentricleSynthLib folder
+# Source checkout: <repo>/VentricleSynth/Resources/Models; installed Slicer extension: the Lib package sits
+# next to VentricleSynth.py in qt-scripted-modules, so Resources/ is its sibling.
+_CANDIDATES = (_LIBRARY.parent / "VentricleSynth" / "Resources" / "Models", _LIBRARY.parent / "Resources" / "Models")
+BUNDLED = next((c for c in _CANDIDATES if c.is_dir()), _CANDIDATES[0])
+MASK, IMAGE, SEGMENTER = "mask_generator", "image_generator", "segmenter"
+
+
+def models_dir(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("VENTRICLESYNTH_MODELS")
+    return Path(env) if env else BUNDLED
+
+
+def bundle_path(name: str, explicit: str | os.PathLike | None = None) -> Path:
+    folder = models_dir(explicit) / name
+    if not folder.is_dir():
+        raise BundleError(f"model bundle {name!r} not found in {folder.parent} "
+                          f"(set --models or VENTRICLESYNTH_MODELS to a folder holding it)")
+    return folder
+
+
+def describe(explicit: str | os.PathLike | None = None) -> list[dict]:
+    """Every bundle in the models folder with its verification status (for `info` and the Models panel)."""
+    root = models_dir(explicit)
+    out = []
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    for folder in folders:
+        entry = {"name": folder.name, "path": str(folder)}
+        try:
+            manifest = verify(folder)
+            config = read_config(folder) if (folder / "config.json").is_file() else {}
+            entry.update({"verified": True, "files": len(manifest["files"]), **model_id(folder)} if config
+                         else {"verified": True, "files": len(manifest["files"])})
+            if "profile" in config:
+                entry["profile"] = config["profile"]["name"]
+            if "volume_normalisation" in config:
+                norm = config["volume_normalisation"]
+                entry["trained_range_ml"] = [round(norm["min_ml"], 1), round(norm["max_ml"], 1)]
+        except BundleError as exc:
+            entry.update({"verified": False, "error": str(exc)})
+        out.append(entry)
+    return out

@@ -1,0 +1,1 @@
+"""Synthetic cohorts: K labelled pairs whose ventricle volumes follow a requested distribution, with QC."""

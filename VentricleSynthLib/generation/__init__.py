@@ -1,0 +1,1 @@
+"""Generation: the two latent diffusion models, their sampling settings and sampler, and sample folders."""

@@ -1,0 +1,166 @@
+"""NIfTI reading and writing with validation; atomic writes; the `Volume` value type.
+
+A `Volume` is a 3-D numpy array plus its 4x4 voxel->RAS(mm) affine. Readers refuse anything
+that is not a finite, non-empty, single 3-D volume with a typed `InvalidImageError`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from VentricleSynthLib.errors import GeometryMismatchError, InvalidImageError
+from VentricleSynthLib.labels import validate_label_map
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass
+class Volume:
+    array: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def axcodes(self) -> str:
+        return "".join(nib.aff2axcodes(self.affine))
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _read(path: Path) -> nib.Nifti1Image:
+    if not path.exists():
+        raise InvalidImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise InvalidImageError(f"{path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
+    if not is_nifti_path(path):
+        raise InvalidImageError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz)")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise InvalidImageError(f"{path}: truncated or corrupt gzip data ({exc.__class__.__name__})") from None
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as exc:
+        raise InvalidImageError(f"{path}: not a readable NIfTI image ({exc})") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidImageError(f"{path}: cannot read image data ({exc})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InvalidImageError(f"{path}: not a NIfTI image ({type(img).__name__})")
+    return img, data
+
+
+def _as_3d(path: Path, data: np.ndarray) -> np.ndarray:
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    elif data.ndim == 5 and data.shape[3] == 1 and data.shape[4] == 1:
+        data = data[..., 0, 0]
+    if data.ndim == 2 or (data.ndim == 3 and min(data.shape) == 1):
+        raise InvalidImageError(f"{path}: image is 2-D (shape {data.shape}); a 3-D volume is needed")
+    if data.ndim != 3:
+        raise InvalidImageError(
+            f"{path}: image has shape {data.shape}; expected a single 3-D volume, not a {data.ndim}-D series"
+        )
+    return data
+
+
+def _affine(path: Path, img: nib.Nifti1Image) -> np.ndarray:
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InvalidImageError(f"{path}: invalid voxel-to-world matrix (singular or not finite)")
+    return affine
+
+
+def load_image(path: str | os.PathLike) -> Volume:
+    """Read an intensity image as float32. Refuses NaN/Inf, empty and constant images."""
+    path = Path(path)
+    img, data = _read(path)
+    data = _as_3d(path, data)
+    if data.dtype.kind not in "biuf":
+        raise InvalidImageError(f"{path}: unsupported voxel type {data.dtype}")
+    arr = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise InvalidImageError(f"{path}: image contains NaN or Inf values")
+    if arr.max() == arr.min():
+        raise InvalidImageError(f"{path}: image is empty (every voxel is {float(arr.min()):g})")
+    return Volume(arr, _affine(path, img))
+
+
+def load_label_map(path: str | os.PathLike, mapping=None) -> Volume:
+    """Read a label map as int16 in the schema (after `mapping`, if given). Refuses unknown labels."""
+    path = Path(path)
+    img, data = _read(path)
+    data = _as_3d(path, data)
+    arr = np.asarray(data)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise InvalidImageError(f"{path}: label map contains NaN or Inf values")
+        if np.any(arr != np.round(arr)):
+            raise InvalidImageError(f"{path}: label map has non-integer values")
+    if mapping is not None:
+        arr = mapping.apply(arr)
+    else:
+        validate_label_map(arr, what=str(path))
+    arr = arr.astype(np.int16)
+    if not np.any(arr):
+        raise InvalidImageError(f"{path}: label map is empty (all background)")
+    return Volume(arr, _affine(path, img))
+
+
+def check_same_grid(a: Volume, b: Volume, what: str = "image and label map", atol: float = 1e-3) -> None:
+    """Raise `GeometryMismatchError` unless both volumes share shape and affine (within `atol` mm)."""
+    if a.shape != b.shape:
+        raise GeometryMismatchError(f"{what} differ in shape: {a.shape} vs {b.shape}")
+    if not np.allclose(a.affine, b.affine, atol=atol):
+        diff = float(np.abs(a.affine - b.affine).max())
+        raise GeometryMismatchError(f"{what} differ in geometry (affines differ by up to {diff:.3g} mm)")
+
+
+def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
+    """Call `write(tmp_path)` then rename onto `path`, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_volume(volume: Volume, path: str | os.PathLike, dtype=None) -> Path:
+    """Write a NIfTI atomically. Label maps (integer arrays) are stored as int16 with qform=sform."""
+    arr = np.asarray(volume.array)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    elif arr.dtype.kind in "biu":
+        arr = arr.astype(np.int16)
+    elif arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    img = nib.Nifti1Image(arr, volume.affine)
+    img.set_qform(volume.affine, code=1)
+    img.set_sform(volume.affine, code=1)
+    img.header.set_xyzt_units("mm")
+    return atomic_write_bytes(path, lambda tmp: nib.save(img, tmp))

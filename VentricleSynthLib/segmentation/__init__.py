@@ -1,0 +1,1 @@
+"""Ventricle segmentation with the bundled nnU-Net v2 model."""

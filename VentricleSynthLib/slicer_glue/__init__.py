@@ -1,0 +1,1 @@
+"""Slicer glue: MRML nodes <-> arrays, worker tasks, dependencies, worker environment (qt/slicer imported lazily)."""

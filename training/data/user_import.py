@@ -1,0 +1,445 @@
+"""Import user data (image + label map pairs) into an nnU-Net v2 raw dataset on a profile's grid.
+
+Two kinds of source:
+
+* an **nnU-Net v2 raw dataset** (a folder with `dataset.json`, `imagesTr/CASE_0000.nii.gz`,
+  `labelsTr/CASE.nii.gz`); its label values are read back as FreeSurfer numbers through
+  dataset.json's `freesurfer_labels` table (or its label names), unless a `mapping` is given, which
+  then applies to the label files' raw values;
+* a **plain folder** described by two path patterns relative to it, each with exactly one `{case}`
+  placeholder, e.g. `"{case}/mri/T1.nii.gz"` + `"{case}/mri/aseg.nii.gz"` or
+  `"images/{case}_0000.nii.gz"` + `"labels/{case}.nii.gz"` (`*`, `?`, `[...]` and a whole-component
+  `**` are allowed elsewhere). Labels are FreeSurfer/SynthSeg numbers unless a `mapping`
+  (e.g. `labels.CEREBRA` or `LabelMapping.from_csv`) says otherwise.
+
+Every pair is validated (readable, finite 3-D image; label map in the schema; same voxel grid). A
+failing case is skipped and its reason recorded, never fatal; only "no valid case at all" raises
+`DatasetError`. Valid cases are resampled with `preprocess.to_profile` and written with
+`nnunet_raw.write_case`, plus `dataset.json`, `cases.csv` (volumes measured on the original
+resolution) and `import_report.{json,md}`. The inputs are only ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from VentricleSynthLib.io import nnunet_raw
+from VentricleSynthLib.errors import ConfigError, DatasetError, VentricleSynthError
+from VentricleSynthLib.labels import LabelMapping, mapping_from_spec
+from VentricleSynthLib.io.nifti import Volume, atomic_write_bytes, check_same_grid, load_image, load_label_map
+from VentricleSynthLib.imaging.profile import Profile, to_profile
+from VentricleSynthLib.volumes import tiv_ml, ventricle_volume_ml, voxel_volume_ml
+
+CASE = "{case}"
+CSV_COLUMNS = ["case", "target_ml", "ventricle_ml", "tiv_ml", "split"]
+REPORT_JSON = "import_report.json"
+REPORT_MD = "import_report.md"
+NNUNET_IMAGE_PATTERN = "imagesTr/{case}_0000"
+NNUNET_LABEL_PATTERN = "labelsTr/{case}"
+# A warning is recorded when resampling onto the profile grid loses more than this fraction of the
+# labelled (intracranial) volume, i.e. when the brain does not fit the profile's field of view.
+CROP_WARN_FRACTION = 0.02
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+@dataclass
+class ImportReport:
+    """What an import found, imported and skipped (and why)."""
+
+    source: str
+    kind: str = "folder"  # "folder" or "nnunet"
+    image_pattern: str = ""
+    label_pattern: str = ""
+    found: dict[str, tuple[str, str]] = field(default_factory=dict)  # source case id -> (image, label)
+    imported: list[str] = field(default_factory=list)  # output case ids
+    skipped: dict[str, str] = field(default_factory=dict)  # source case id -> reason
+    missing_image: list[str] = field(default_factory=list)  # label without image
+    missing_label: list[str] = field(default_factory=list)  # image without label
+    renamed: dict[str, str] = field(default_factory=dict)  # source case id -> output id (if different)
+    warnings: dict[str, str] = field(default_factory=dict)  # output case id -> warning
+    cases: list[dict] = field(default_factory=list)  # the rows of cases.csv
+    out_dir: str | None = None
+    profile: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "image_pattern": self.image_pattern,
+            "label_pattern": self.label_pattern,
+            "out_dir": self.out_dir,
+            "profile": self.profile,
+            "counts": {
+                "found": len(self.found),
+                "imported": len(self.imported),
+                "skipped": len(self.skipped),
+                "missing_image": len(self.missing_image),
+                "missing_label": len(self.missing_label),
+            },
+            "found": {case: list(paths) for case, paths in sorted(self.found.items())},
+            "imported": list(self.imported),
+            "skipped": dict(sorted(self.skipped.items())),
+            "missing_image": sorted(self.missing_image),
+            "missing_label": sorted(self.missing_label),
+            "renamed": dict(sorted(self.renamed.items())),
+            "warnings": dict(sorted(self.warnings.items())),
+            "cases": list(self.cases),
+        }
+
+    def summary(self) -> str:
+        return (f"{len(self.found)} pairs found, {len(self.imported)} imported, {len(self.skipped)} skipped, "
+                f"{len(self.missing_image)} without image, {len(self.missing_label)} without label map")
+
+    def to_markdown(self) -> str:
+        def cell(text: str) -> str:
+            return str(text).replace("|", "\\|").replace("\n", " ")
+
+        lines = ["# Data import report", "", f"- source: `{self.source}` ({self.kind})"]
+        if self.image_pattern or self.label_pattern:
+            lines.append(f"- patterns: image `{self.image_pattern}`, label map `{self.label_pattern}`")
+        if self.out_dir:
+            lines.append(f"- written to: `{self.out_dir}`" + (f" (profile {self.profile})" if self.profile else ""))
+        lines += [f"- {self.summary()}", ""]
+        if self.cases:
+            lines += ["## Imported", "", "| case | split | ventricles (mL) | TIV (mL) |", "|---|---|---:|---:|"]
+            lines += [f"| {cell(r['case'])} | {r['split']} | {r['ventricle_ml']} | {r['tiv_ml']} |" for r in self.cases]
+            lines.append("")
+        elif self.imported:
+            lines += ["## Imported", "", *[f"- {cell(c)}" for c in self.imported], ""]
+        if self.renamed:
+            lines += ["## Renamed case ids", "", "| source id | dataset id |", "|---|---|"]
+            lines += [f"| {cell(a)} | {cell(b)} |" for a, b in sorted(self.renamed.items())]
+            lines.append("")
+        if self.warnings:
+            lines += ["## Warnings", "", "| case | warning |", "|---|---|"]
+            lines += [f"| {cell(c)} | {cell(w)} |" for c, w in sorted(self.warnings.items())]
+            lines.append("")
+        if self.skipped:
+            lines += ["## Skipped", "", "| case | reason |", "|---|---|"]
+            lines += [f"| {cell(c)} | {cell(r)} |" for c, r in sorted(self.skipped.items())]
+            lines.append("")
+        if self.missing_image:
+            lines += ["## Label map without image", "", *[f"- {cell(c)}" for c in sorted(self.missing_image)], ""]
+        if self.missing_label:
+            lines += ["## Image without label map", "", *[f"- {cell(c)}" for c in sorted(self.missing_label)], ""]
+        return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# discovery
+
+
+def _check_pattern(pattern: str, what: str) -> None:
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(f"{what} pattern is empty")
+    if pattern.count(CASE) != 1:
+        raise ConfigError(f"{what} pattern {pattern!r} must contain exactly one {CASE} placeholder")
+    path = PurePosixPath(pattern)
+    if path.is_absolute() or pattern.startswith("\\") or re.match(r"^[A-Za-z]:", pattern):
+        raise ConfigError(f"{what} pattern {pattern!r} must be relative to the source folder")
+    if any(part == ".." for part in path.parts):
+        raise ConfigError(f"{what} pattern {pattern!r} must not leave the source folder ('..')")
+    for part in path.parts:
+        if "**" in part and part != "**":
+            raise ConfigError(f"{what} pattern {pattern!r}: '**' must be a whole path component")
+
+
+def _glob_of(pattern: str) -> str:
+    """The glob for discovery: {case} -> '*', runs of '*' inside a component collapsed."""
+    parts = []
+    for part in PurePosixPath(pattern).parts:
+        if part == "**":
+            parts.append(part)
+        else:
+            parts.append(re.sub(r"\*+", "*", part.replace(CASE, "*")))
+    return "/".join(parts)
+
+
+def _regex_of(pattern: str) -> re.Pattern:
+    """A regex over the posix relative path with one group `case` for the placeholder."""
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        if pattern.startswith(CASE, i):
+            out.append(r"(?P<case>[^/]+)")
+            i += len(CASE)
+        elif pattern.startswith("**/", i) and (i == 0 or pattern[i - 1] == "/"):
+            out.append(r"(?:[^/]+/)*")
+            i += 3
+        elif pattern[i] == "*":
+            out.append(r"[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append(r"[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            j = i + 1
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            j = pattern.find("]", j)
+            if j < 0:
+                out.append(re.escape("["))
+                i += 1
+            else:
+                body = pattern[i + 1:j].replace("\\", "\\\\")
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                elif body.startswith("^"):
+                    body = "\\" + body
+                out.append(f"[{body}]")
+                i = j + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _match(root: Path, pattern: str) -> dict[str, list[Path]]:
+    """case id -> matching files under `root` (hidden names skipped unless the pattern asks for them)."""
+    regex = _regex_of(pattern)
+    allow_hidden = pattern.startswith(".") or "/." in pattern
+    found: dict[str, list[Path]] = {}
+    for path in root.glob(_glob_of(pattern)):
+        if path.is_dir():
+            continue
+        rel = path.relative_to(root).as_posix()
+        if not allow_hidden and any(part.startswith(".") for part in rel.split("/")):
+            continue
+        m = regex.match(rel)
+        if m:
+            found.setdefault(m.group("case"), []).append(path)
+    return found
+
+
+def discover_pairs(root: Path, image_pattern: str, label_pattern: str
+                   ) -> tuple[dict[str, tuple[Path, Path]], ImportReport]:
+    """Find image/label-map pairs under `root` by two `{case}` patterns.
+
+    Returns {case id: (image path, label path)} sorted by case id, and a report that lists cases
+    with only one partner (`missing_image` / `missing_label`) and cases whose id matches several
+    files of one pattern (in `skipped`, as ambiguous). Raises `ConfigError` for a bad pattern and
+    `DatasetError` if `root` is not a folder.
+    """
+    root = Path(root)
+    _check_pattern(image_pattern, "image")
+    _check_pattern(label_pattern, "label")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder")
+    images = _match(root, image_pattern)
+    labels = _match(root, label_pattern)
+    report = ImportReport(source=str(root), image_pattern=image_pattern, label_pattern=label_pattern)
+    pairs: dict[str, tuple[Path, Path]] = {}
+    for case in sorted(set(images) | set(labels)):
+        imgs, labs = sorted(images.get(case, [])), sorted(labels.get(case, []))
+        # The same file can match both patterns (e.g. identical patterns); never pair a file with itself.
+        if imgs and labs and set(imgs) == set(labs):
+            report.skipped[case] = f"image and label patterns match the same file(s): {_names(root, imgs)}"
+            continue
+        if not imgs:
+            report.missing_image.append(case)
+        elif not labs:
+            report.missing_label.append(case)
+        elif len(imgs) > 1:
+            report.skipped[case] = f"ambiguous: {len(imgs)} images match ({_names(root, imgs)})"
+        elif len(labs) > 1:
+            report.skipped[case] = f"ambiguous: {len(labs)} label maps match ({_names(root, labs)})"
+        else:
+            pairs[case] = (imgs[0], labs[0])
+            report.found[case] = (str(imgs[0]), str(labs[0]))
+    return pairs, report
+
+
+def _names(root: Path, paths: list[Path], limit: int = 3) -> str:
+    shown = [p.relative_to(root).as_posix() for p in paths[:limit]]
+    return ", ".join(shown) + (" ..." if len(paths) > limit else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# import
+
+
+def sanitise_case_id(case: str) -> str:
+    """Characters outside [A-Za-z0-9_-] -> '_' (an empty result becomes 'case')."""
+    clean = re.sub(r"[^A-Za-z0-9_-]", "_", case)
+    return clean or "case"
+
+
+def _output_ids(cases: list[str]) -> dict[str, str]:
+    """source id -> unique sanitised id (collisions get _2, _3, ... in sorted order)."""
+    taken: set[str] = set()
+    out: dict[str, str] = {}
+    for case in sorted(cases):
+        base = sanitise_case_id(case)
+        new, k = base, 2
+        while new in taken:
+            new, k = f"{base}_{k}", k + 1
+        taken.add(new)
+        out[case] = new
+    return out
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    try:
+        path.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_locations(source: Path, out_dir: Path) -> None:
+    src, out = source.resolve(), out_dir.resolve()
+    if out == src or _is_within(out, src):
+        raise DatasetError(f"output folder {out_dir} is inside the source {source}; choose a folder outside it")
+    if _is_within(src, out):
+        first = src.relative_to(out).parts[0]
+        if first in ("imagesTr", "labelsTr"):
+            raise DatasetError(f"source {source} lies in the output's {first}/ folder and would be overwritten")
+
+
+def _previous_import(out_dir: Path) -> list[str] | None:
+    """Case ids of an earlier import into `out_dir`; refuses a foreign dataset already there."""
+    report = out_dir / REPORT_JSON
+    if report.is_file():
+        try:
+            return [str(c) for c in json.loads(report.read_text()).get("imported", [])]
+        except (ValueError, AttributeError, OSError):
+            return []
+    if any((out_dir / name).exists() for name in ("imagesTr", "labelsTr", "dataset.json")):
+        raise DatasetError(f"{out_dir} already holds a dataset that was not written by a data import; "
+                           "choose an empty output folder")
+    return None
+
+
+def _assign_splits(cases: list[str], seed: int, val_fraction: float) -> dict[str, str]:
+    order = sorted(cases)
+    n = len(order)
+    n_val = int(round(val_fraction * n))
+    if val_fraction > 0 and n >= 2:
+        n_val = max(1, n_val)
+    n_val = min(n_val, n - 1) if n >= 1 else 0
+    perm = np.random.default_rng(seed).permutation(n)
+    val = {order[i] for i in perm[:n_val]}
+    return {c: ("val" if c in val else "train") for c in order}
+
+
+def _prepare_case(profile: Profile, image_path: Path, label_path: Path, mapping):
+    """Validate one pair and resample it. Returns (preprocessed, ventricle_ml, tiv_ml, warning)."""
+    image = load_image(image_path)
+    label = load_label_map(label_path, mapping=mapping)
+    check_same_grid(image, label, what="image and label map")
+    vent = ventricle_volume_ml(label.array, label.affine)
+    tiv = tiv_ml(label.array, label.affine)
+    pre = to_profile(profile, image=image, label=label)
+    warning = None
+    got_tiv = float(np.count_nonzero(pre.label)) * voxel_volume_ml(pre.grid.affine)
+    if tiv > 0 and got_tiv < (1 - CROP_WARN_FRACTION) * tiv:
+        fov = " x ".join(f"{s * n:g}" for s, n in zip(profile.spacing, profile.shape))
+        warning = (f"the labelled head ({tiv:.0f} mL) does not fit the {profile.name} profile's field of view "
+                   f"({fov} mm): {100 * (1 - got_tiv / tiv):.1f}% of it is cropped")
+    return pre, vent, tiv, warning
+
+
+def import_dataset(source: Path, out_dir: Path, profile: Profile, image_pattern: str | None = None,
+                   label_pattern: str | None = None, mapping: LabelMapping | str | None = None,
+                   split_seed: int = 0, val_fraction: float = 0.2,
+                   progress: ProgressFn | None = None) -> ImportReport:
+    """Validate, resample and write user data as an nnU-Net v2 raw dataset in `out_dir`.
+
+    `source` is an nnU-Net raw dataset (has dataset.json; the patterns then default to
+    imagesTr/{case}_0000 + labelsTr/{case} with its file ending) or a plain folder (both patterns
+    required). `mapping` (a LabelMapping, or 'cerebra' / 'freesurfer' / a CSV path) converts label
+    values to schema labels; None means FreeSurfer numbers (plain folder) or dataset.json's table.
+    Failing cases are skipped and recorded; `DatasetError` only if nothing valid remains, if
+    `out_dir` is inside `source`, or if `out_dir` holds a dataset not written by an import.
+    `progress(i, n, case)` is called after each case with i = 1..n. Returns the report, which is
+    also written to out_dir/import_report.{json,md}.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    if not source.is_dir():
+        raise DatasetError(f"{source}: no such folder")
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    _check_locations(source, out_dir)
+    mapping = mapping_from_spec(mapping)
+
+    kind = "folder"
+    if (source / "dataset.json").is_file():
+        kind = "nnunet"
+        dataset = nnunet_raw.read_dataset_json(source)
+        ending = str(dataset.get("file_ending", nnunet_raw.FILE_ENDING))
+        if not (source / "imagesTr").is_dir() and image_pattern is None:
+            raise DatasetError(f"{source}: missing folder imagesTr/")
+        image_pattern = image_pattern or NNUNET_IMAGE_PATTERN + ending
+        label_pattern = label_pattern or NNUNET_LABEL_PATTERN + ending
+        if mapping is None:
+            mapping = LabelMapping("dataset.json", nnunet_raw.index_to_freesurfer(dataset))
+    elif image_pattern is None or label_pattern is None:
+        raise ConfigError(f"{source} is not an nnU-Net raw dataset (no dataset.json); give both an image "
+                          f"and a label pattern with a {CASE} placeholder, e.g. '{CASE}/T1.nii.gz'")
+
+    pairs, report = discover_pairs(source, image_pattern, label_pattern)
+    report.kind, report.out_dir, report.profile = kind, str(out_dir), profile.name
+    if not pairs:
+        raise DatasetError(f"{source}: no image/label pairs match '{image_pattern}' + '{label_pattern}' "
+                           f"({report.summary()})")
+    previous = _previous_import(out_dir)
+
+    ids = _output_ids(list(pairs))
+    report.renamed = {a: b for a, b in ids.items() if a != b}
+    volumes: dict[str, tuple[float, float]] = {}
+    n = len(pairs)
+    for i, (case, (img_path, lab_path)) in enumerate(pairs.items(), start=1):
+        try:
+            pre, vent, tiv, warning = _prepare_case(profile, img_path, lab_path, mapping)
+        except VentricleSynthError as exc:
+            report.skipped[case] = str(exc)
+        except Exception as exc:  # a malformed file must not end a long import; record what happened
+            report.skipped[case] = f"unexpected error reading the pair: {exc.__class__.__name__}: {exc}"
+        else:
+            out_id = ids[case]
+            nnunet_raw.write_case(out_dir, out_id, Volume(pre.image, pre.grid.affine),
+                                  Volume(pre.label, pre.grid.affine))
+            volumes[out_id] = (vent, tiv)
+            if warning:
+                report.warnings[out_id] = warning
+        if progress is not None:
+            progress(i, n, case)
+
+    if not volumes:
+        reasons = "; ".join(f"{c}: {r}" for c, r in list(sorted(report.skipped.items()))[:5])
+        more = " ..." if len(report.skipped) > 5 else ""
+        exc = DatasetError(f"{source}: no valid case to import ({report.summary()}): {reasons}{more}")
+        exc.report = report  # type: ignore[attr-defined]
+        raise exc
+
+    report.imported = sorted(volumes)
+    splits = _assign_splits(report.imported, split_seed, val_fraction)
+    report.cases = [{"case": c, "target_ml": "", "ventricle_ml": round(volumes[c][0], 3),
+                     "tiv_ml": round(volumes[c][1], 3), "split": splits[c]} for c in report.imported]
+
+    # Remove cases that an earlier import wrote here and this one did not, so the folder holds
+    # exactly the cases of dataset.json.
+    for stale in set(previous or []) - set(report.imported):
+        if sanitise_case_id(stale) == stale:
+            nnunet_raw.image_path(out_dir, stale).unlink(missing_ok=True)
+            nnunet_raw.label_path(out_dir, stale).unlink(missing_ok=True)
+
+    nnunet_raw.write_csv(out_dir / "cases.csv", report.cases, CSV_COLUMNS)
+    nnunet_raw.write_json(out_dir / "dataset.json", nnunet_raw.schema_dataset_json(
+        len(report.imported), extra={"source": str(source), "profile": profile.name}))
+    nnunet_raw.write_json(out_dir / REPORT_JSON, report.to_dict())
+    markdown = report.to_markdown()
+    atomic_write_bytes(out_dir / REPORT_MD, lambda tmp: Path(tmp).write_text(markdown))
+    return report

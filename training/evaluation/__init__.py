@@ -1,0 +1,1 @@
+"""Scoring segmentations against references, the report, and the registration (atlas) baseline."""

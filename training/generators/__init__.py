@@ -1,0 +1,1 @@
+"""Training the two latent diffusion models (autoencoders, LDMs), their bundles and volume calibration."""

@@ -1,0 +1,1 @@
+"""Training the nnU-Net v2 ventricle segmenter and exporting its bundle."""

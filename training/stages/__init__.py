@@ -1,0 +1,1 @@
+"""The stages of training/train.py, one thin file each."""
