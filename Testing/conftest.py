@@ -1,4 +1,9 @@
-"""Shared fixtures: small synthetic NIfTI files, voxel->world affines, and a CLI runner."""
+"""Shared fixtures: small synthetic NIfTI files, voxel->world affines, a CLI runner, and the models folder
+for real worker runs.
+
+Real worker runs use, in order: $VENTRICLESYNTH_TEST_MODELS, the bundled VentricleSynth/Resources/Models, or
+small *random-weight* bundles written here (plumbing only: no training, no quality claims).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,12 @@ def _rotation(axis: str, degrees: float) -> np.ndarray:
     if axis == "y":
         return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def voxel_world(shape, affine) -> np.ndarray:
+    """(3, *shape) world coordinates (mm) of every voxel centre."""
+    ijk = np.indices(shape).reshape(3, -1).astype(float)
+    return (affine[:3, :3] @ ijk + affine[:3, 3:4]).reshape((3,) + tuple(shape))
 
 
 def _make_affine(spacing=(1.0, 1.0, 1.0), rotation_deg: float = 0.0, axis: str = "z", lps: bool = False,
@@ -90,3 +101,113 @@ def run_cli():
                               capture_output=True, text=True, timeout=timeout, env=env)
 
     return run
+
+
+def _random_bundles(root: Path) -> Path:
+    """Small random-weight generator bundles on a 16^3 grid of 4 mm voxels (no training)."""
+    import torch
+
+    from VentricleSynthLib.bundles import format as bundles
+    from VentricleSynthLib.generation.networks import image_autoencoder, image_unet, mask_autoencoder, mask_unet
+    from VentricleSynthLib.labels import LABELS, SCHEMA
+
+    torch.manual_seed(0)
+    shape, spacing = (16, 16, 16), 4.0
+    affine = np.diag([spacing] * 3 + [1.0])
+    affine[:3, 3] = -spacing * (np.asarray(shape) - 1) / 2
+    ae = {"channels": [8, 8], "num_res_blocks": 1, "attention_levels": [False, False], "norm_num_groups": 8,
+          "with_encoder_nonlocal_attn": False, "with_decoder_nonlocal_attn": False, "latent_channels": 3}
+    unet = {"channels": [8, 8], "num_res_blocks": 1, "attention_levels": [False, False], "norm_num_groups": 8,
+            "num_head_channels": 8}
+    common = {"version": "test-random-weights",
+              "scheduler": {"num_train_timesteps": 1000, "schedule": "scaled_linear_beta", "beta_start": 0.0015,
+                            "beta_end": 0.0205},
+              "scale_factor": 1.0, "latent_shape": [3, 8, 8, 8], "affine": affine.tolist(),
+              "profile": {"name": "test-random", "spacing": [spacing] * 3, "shape": list(shape)},
+              "labels": {"freesurfer": list(LABELS), "names": [SCHEMA[v][0] for v in LABELS]}}
+    bundles.save_bundle(root / "mask_generator", {
+        "name": "mask_generator", **common, "architecture": {"autoencoder": ae, "unet": unet},
+        "volume_normalisation": {"min_ml": 5.0, "max_ml": 100.0, "quantity": "ventricle_ml"},
+        "sampling": {"guidance": 2.0, "steps": 3}}, {"autoencoder": mask_autoencoder(ae), "unet": mask_unet(unet, 3)})
+    image_ae = {**ae, "spade_intermediate_channels": 8}
+    image_un = {**unet, "spade_intermediate_channels": 8}
+    bundles.save_bundle(root / "image_generator", {
+        "name": "image_generator", **common, "architecture": {"autoencoder": image_ae, "unet": image_un},
+        "sampling": {"steps": 3}}, {"autoencoder": image_autoencoder(image_ae), "unet": image_unet(image_un, 3)})
+    return root
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """(models folder, origin): trained bundles when available, else random-weight plumbing bundles."""
+    env = os.environ.get("VENTRICLESYNTH_TEST_MODELS")
+    if env and (Path(env) / "mask_generator").is_dir():
+        return Path(env), "env"
+    bundled = REPO_ROOT / "VentricleSynth" / "Resources" / "Models"
+    if (bundled / "mask_generator").is_dir() and (bundled / "image_generator").is_dir():
+        return bundled, "bundled"
+    return _random_bundles(tmp_path_factory.mktemp("random-models")), "random"
+
+
+# --- models trained for the tests (tiny profile, a few steps): each trained once per test session ---------------
+TRAIN = [sys.executable, str(REPO_ROOT / "training" / "train.py")]
+TRAIN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"}
+
+
+def run_train(*args, timeout: float = 3600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python training/train.py ARGS...` from the repository root, one thread, no nnU-Net worker processes."""
+    return subprocess.run([*TRAIN, *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env or TRAIN_ENV)
+
+
+def tiny_generator_config(folder: Path, **train_overrides) -> Path:
+    """folder/tiny_test.yaml: the tiny config with a small cohort and some generator stages' train settings changed
+    (stage -> dict)."""
+    import yaml
+
+    config = yaml.safe_load((REPO_ROOT / "training" / "configs" / "tiny.yaml").read_text())
+    config["data"]["natural"]["count"] = 8
+    config["data"]["enlarged"]["count"] = 0
+    config["data"]["uniform"]["count"] = 6
+    for stage, values in train_overrides.items():
+        config["generators"][stage]["train"].update(values)
+    path = Path(folder) / "tiny_test.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def tiny_segmenter_config(path: Path, **segmenter) -> Path:
+    """The tiny config with a small cohort (8 natural, 2 enlarged) and the segmenter section updated."""
+    import yaml
+
+    config = yaml.safe_load((REPO_ROOT / "training" / "configs" / "tiny.yaml").read_text())
+    config["data"].update({"workers": 1, "natural": {"count": 8, "val_fraction": 0.25},
+                           "enlarged": {"count": 2, "low_ml": 60, "high_ml": 150}, "uniform": {"count": 0}})
+    config["segmenter"] = {**config.get("segmenter", {}), **segmenter}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """WORK folder with the data and all four generator stages trained at a reduced tiny profile (bundles/)."""
+    work = tmp_path_factory.mktemp("gen")
+    config = tiny_generator_config(work)
+    for stage in ("data", "mask-ae", "mask-ldm", "image-ae", "image-ldm"):
+        done = run_train(stage, "--config", config, "--work", work, timeout=600)
+        assert done.returncode == 0, f"{stage}: {done.stderr[-2000:]}"
+    return work
+
+
+@pytest.fixture(scope="session")
+def tiny_segmenter(tmp_path_factory):
+    """{work, config, bundle}: a segmenter trained two epochs of two iterations at a reduced tiny profile."""
+    work = tmp_path_factory.mktemp("segwork")
+    config = tiny_segmenter_config(work / "tiny_reduced.yaml", trainer={
+        "epochs": 2, "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "checkpoint_every": 1,
+        "initial_lr": 1.0e-6})
+    done = run_train("data", "--config", config, "--work", work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_train("segmenter", "--config", config, "--work", work)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    return {"work": work, "config": config, "bundle": work / "bundles" / "segmenter"}

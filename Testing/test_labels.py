@@ -11,8 +11,17 @@ from hypothesis.extra import numpy as hnp
 from VentricleSynthLib import labels
 from VentricleSynthLib.errors import LabelSchemaError, VentricleSynthError
 from VentricleSynthLib.labels import (
-    CEREBRA, LABELS, NUM_CLASSES, SCHEMA, VENTRICLE_LABELS, LabelMapping, from_indices, label_name, one_hot,
-    to_indices, ventricle_mask,
+    CEREBRA,
+    LABELS,
+    NUM_CLASSES,
+    SCHEMA,
+    VENTRICLE_LABELS,
+    LabelMapping,
+    from_indices,
+    label_name,
+    one_hot,
+    to_indices,
+    ventricle_mask,
 )
 
 # FreeSurfer convention: 2..28 are left hemisphere, 41..60 right; these are midline / unlateralised.

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from VentricleSynthLib.labels import LABELS, VENTRICLE_LABELS, label_name
-from VentricleSynthLib.volumes import label_volumes_ml, tiv_ml, ventricle_volume_ml, voxel_volume_ml, volume_report
+from VentricleSynthLib.volumes import label_volumes_ml, tiv_ml, ventricle_volume_ml, volume_report, voxel_volume_ml
 
 
 def _thousand_ventricle_voxels() -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`python -m VentricleSynthLib …`: the command-line contract of design.md.
+"""`python -m VentricleSynthLib …`: the command line (info, check, generate, segment, worker).
 
 User errors (`VentricleSynthError`) print one `error: …` line on stderr and exit non-zero.
 """
@@ -10,22 +10,17 @@ import json
 import sys
 
 from VentricleSynthLib import __version__
-from VentricleSynthLib.errors import RequestError, VentricleSynthError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one `error:` line (exit 2), like every other user error."""
-
-    def error(self, message):  # noqa: D401 - argparse hook
-        self.exit(2, f"error: {message} (see --help)\n")
+from VentricleSynthLib.command_line import Parser, run_command
+from VentricleSynthLib.errors import RequestError
 
 
 def _cmd_info(args) -> int:
-    from VentricleSynthLib.bundles.store import describe, models_dir
     import monai
     import nibabel
     import numpy
     import torch
+
+    from VentricleSynthLib.bundles.store import describe, models_dir
 
     info = {
         "ventriclesynth": __version__,
@@ -44,8 +39,8 @@ def _cmd_info(args) -> int:
 
 def _cmd_check(args) -> int:
     """Validate an image (and optionally its label map) and print its geometry and volumes."""
-    from VentricleSynthLib.labels import mapping_from_spec
     from VentricleSynthLib.io.nifti import check_same_grid, load_image, load_label_map
+    from VentricleSynthLib.labels import mapping_from_spec
     from VentricleSynthLib.volumes import volume_report
 
     image = load_image(args.image)
@@ -70,9 +65,11 @@ _COHORT_OPTIONS = ("distribution", "format", "shard", "batch_size", "qc_min_dice
 def _cmd_generate(args) -> int:
     if any(getattr(args, k) is not None for k in _COHORT_OPTIONS):
         return _generate_cohort(args)
-    from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator, generate_pair
     from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
-    from VentricleSynthLib.generation.sample_folder import writable_dir, write_sample
+    from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator
+    from VentricleSynthLib.generation.pairs import generate_pairs, settings_for
+    from VentricleSynthLib.generation.sample_folder import write_sample
+    from VentricleSynthLib.io.atomic import writable_dir
 
     if args.ventricle_ml is None:
         raise RequestError("generate needs --ventricle-ml V (samples of one volume) or --distribution SPEC (a cohort)")
@@ -80,15 +77,13 @@ def _cmd_generate(args) -> int:
     if args.count < 1:
         raise RequestError(f"--count must be >= 1, got {args.count}")
     mask = MaskGenerator(bundle_path(MASK, args.models), args.device)
-    guidance = mask.sampling["guidance"] if args.guidance is None else args.guidance
-    steps = mask.sampling["steps"] if args.steps is None else args.steps
-    candidates = int(mask.sampling.get("candidates", 1) if args.candidates is None else args.candidates)
-    mask.check_request(args.ventricle_ml, guidance, steps, candidates)
+    mask.check_volume(args.ventricle_ml)
+    mask.settings(args.guidance, args.steps, args.candidates)  # a bad request fails before the image model loads
     image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
+    settings = settings_for(mask, image, args.guidance, args.steps, args.candidates)
     out = writable_dir(args.out)
-    for k in range(args.count):  # steps=None: each bundle's own default
-        pair = generate_pair(mask, image, args.ventricle_ml, guidance, args.steps, seed=args.seed + k,
-                             candidates=candidates)
+    for k in range(args.count):
+        pair = generate_pairs(mask, image, [args.ventricle_ml], [args.seed + k], settings)[0]
         folder = write_sample(out, k, pair.image, pair.label, pair.affine, pair.record)
         print(json.dumps({"sample": str(folder), **{key: pair.record[key] for key in
                                                     ("asked_ml", "got_ml", "seed", "seconds")}}), flush=True)
@@ -96,8 +91,9 @@ def _cmd_generate(args) -> int:
 
 
 def _generate_cohort(args) -> int:
-    """`generate --distribution SPEC [--format nnunet] …`: a synthetic cohort (cohort_synthesis)."""
-    from VentricleSynthLib.cohorts.synthesize import CohortRequest, synthesize
+    """`generate --distribution SPEC [--format nnunet] …`: a synthetic cohort (cohorts.synthesize)."""
+    from VentricleSynthLib.cohorts.request import CohortRequest
+    from VentricleSynthLib.cohorts.synthesize import synthesize
 
     if args.distribution is not None and args.ventricle_ml is not None:
         raise RequestError("give either --ventricle-ml (one volume) or --distribution (a cohort), not both")
@@ -121,15 +117,15 @@ def _cmd_worker(args) -> int:
 
 
 def _cmd_segment(args) -> int:
-    from VentricleSynthLib.segmentation.segmenter import segment_command
+    from VentricleSynthLib.segmentation.files import segment_command
 
     return segment_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m VentricleSynthLib", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m VentricleSynthLib", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ventriclesynth {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("info", help="bundled models, versions, verified checksums")
     p.set_defaults(func=_cmd_info)
@@ -188,14 +184,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except VentricleSynthError as exc:
-        message = " ".join(str(exc).split())  # one line, even when a library message spans several
-        print(f"error: {message}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    args = build_parser().parse_args(argv)
+    return run_command(args.func, args)

@@ -80,11 +80,16 @@ def unknown_labels(label_map: np.ndarray, allowed: tuple[int, ...] = LABELS) -> 
     return sorted(int(v) for v in present if int(v) not in set(allowed))
 
 
+def has_integer_values(array: np.ndarray) -> bool:
+    """True when every value is a finite whole number: any integer dtype, or floats such as 4.0."""
+    array = np.asarray(array)
+    return array.dtype.kind != "f" or bool(np.all(np.isfinite(array)) and np.all(array == np.round(array)))
+
+
 def validate_label_map(label_map: np.ndarray, allowed: tuple[int, ...] = LABELS, what: str = "label map") -> None:
     """Raise `LabelSchemaError` unless every value is an integer label of `allowed`."""
-    if label_map.dtype.kind == "f":
-        if not np.all(np.isfinite(label_map)) or np.any(label_map != np.round(label_map)):
-            raise LabelSchemaError(f"{what} has non-integer values; expected integer label numbers")
+    if not has_integer_values(label_map):
+        raise LabelSchemaError(f"{what} has non-integer values; expected integer label numbers")
     bad = unknown_labels(label_map, allowed)
     if bad:
         shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +21,8 @@ CHILD = r"""
 import hashlib, json, resource, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator, generate_pair
+from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator
+from VentricleSynthLib.generation.pairs import generate_pair
 from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
 models = sys.argv[4] or None
 t0 = time.perf_counter()

@@ -33,8 +33,8 @@ SHAPE = (182, 218, 182)
 def write_input(folder: Path) -> tuple[Path, float]:
     """The 1 mm test image; returns its path and the template's ventricle volume (mL) on that grid."""
     from training.data.templates import committed_on_grid
-    from VentricleSynthLib.labels import VENTRICLE_LABELS
     from VentricleSynthLib.io.nifti import save_volume
+    from VentricleSynthLib.labels import VENTRICLE_LABELS
 
     image, label = committed_on_grid(SHAPE, 1.0)
     path = folder / "icbm_1mm.nii.gz"

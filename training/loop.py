@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from VentricleSynthLib.errors import VentricleSynthError
 from VentricleSynthLib.io.figures import png_figure
-from VentricleSynthLib.io.nifti import atomic_write_bytes
+from VentricleSynthLib.io.atomic import atomic_write, write_text
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -117,7 +117,7 @@ class Run:
     def save_checkpoint(self) -> None:
         if is_main():
             state = self._state()
-            atomic_write_bytes(self.folder / CHECKPOINT, lambda tmp: torch.save(state, tmp))
+            atomic_write(self.folder / CHECKPOINT, lambda tmp: torch.save(state, tmp))
         barrier()
 
     def load_checkpoint(self) -> None:
@@ -146,7 +146,7 @@ class Run:
             return
         keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
         text = "".join(line + "\n" for line in keep)
-        atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+        write_text(path, text)
 
     def _log(self, record: dict) -> None:
         if is_main():

@@ -1,7 +1,9 @@
 """Model bundles: a folder with config.json, *.safetensors weights, card.md and a sha256 manifest.
 
 Weights are stored as float16 and loaded as float32. Loading verifies every file in the manifest
-before anything is read, and never unpickles code (safetensors + JSON only).
+before anything is read, and never unpickles code (safetensors + JSON only). torch and safetensors are
+imported only to read or write weights: finding, verifying and describing bundles is torch-free (Slicer's
+own process does it).
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from VentricleSynthLib.errors import VentricleSynthError
-from VentricleSynthLib.io.nifti import atomic_write_bytes
+from VentricleSynthLib.io.atomic import write_text
+
+if TYPE_CHECKING:
+    import torch
 
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
@@ -42,7 +45,7 @@ def write_manifest(folder: Path) -> dict:
              if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
     manifest = {"files": files}
     text = json.dumps(manifest, indent=2) + "\n"
-    atomic_write_bytes(folder / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+    write_text(folder / MANIFEST, text)
     return manifest
 
 
@@ -73,6 +76,8 @@ def read_config(folder: Path) -> dict:
 
 
 def load_weights(folder: Path, name: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     path = Path(folder) / f"{name}.safetensors"
     try:
         tensors = load_file(str(path), device=str(device))
@@ -91,6 +96,8 @@ def model_id(folder: Path) -> dict:
 def save_bundle(folder: Path, config: dict, modules: dict[str, torch.nn.Module],
                 extra_files: dict | None = None) -> Path:
     """Write a complete bundle into a temporary sibling, then swap it in (never a half-written bundle)."""
+    from safetensors.torch import save_file
+
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))

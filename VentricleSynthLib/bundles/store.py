@@ -20,11 +20,17 @@ BUNDLED = next((c for c in _CANDIDATES if c.is_dir()), _CANDIDATES[0])
 MASK, IMAGE, SEGMENTER = "mask_generator", "image_generator", "segmenter"
 
 
-def models_dir(explicit: str | os.PathLike | None = None) -> Path:
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("VENTRICLESYNTH_MODELS")
-    return Path(env) if env else BUNDLED
+ENVIRONMENT_VARIABLE = "VENTRICLESYNTH_MODELS"
+
+
+def models_dir(explicit: str | os.PathLike | None = None, skip_missing: bool = False) -> Path:
+    """`explicit` if given, else $VENTRICLESYNTH_MODELS, else the bundled models. With `skip_missing` (the
+    Slicer panel: a stale setting must not hide the bundled models) a folder that does not exist is passed over;
+    the command line instead names the missing folder in its error."""
+    for candidate in (explicit, os.environ.get(ENVIRONMENT_VARIABLE)):
+        if candidate and (not skip_missing or Path(candidate).is_dir()):
+            return Path(candidate)
+    return BUNDLED
 
 
 def bundle_path(name: str, explicit: str | os.PathLike | None = None) -> Path:
@@ -33,6 +39,13 @@ def bundle_path(name: str, explicit: str | os.PathLike | None = None) -> Path:
         raise BundleError(f"model bundle {name!r} not found in {folder.parent} "
                           f"(set --models or VENTRICLESYNTH_MODELS to a folder holding it)")
     return folder
+
+
+def find_bundle(name: str, *roots: str | os.PathLike | None) -> tuple[Path | None, list[Path]]:
+    """ROOT/NAME of the first of `roots` (then the default models folder) that holds it, or None; and the
+    folders searched, in order."""
+    searched = list(dict.fromkeys([Path(r) for r in roots if r] + [models_dir(None)]))
+    return next((r / name for r in searched if (r / name).is_dir()), None), searched
 
 
 def describe(explicit: str | os.PathLike | None = None) -> list[dict]:

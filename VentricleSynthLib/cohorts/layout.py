@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from VentricleSynthLib.labels import LABELS
-from VentricleSynthLib.io.nifti import Volume, load_image, load_label_map
-from VentricleSynthLib.io.nnunet_raw import image_path, label_path, load_case, schema_dataset_json, write_case, write_csv, write_json
 from VentricleSynthLib.generation.sample_folder import write_sample
+from VentricleSynthLib.io.atomic import write_csv, write_json
+from VentricleSynthLib.io.nifti import Volume, load_image, load_label_map
+from VentricleSynthLib.io.nnunet_raw import image_path, label_path, load_case, schema_dataset_json, write_case
+from VentricleSynthLib.labels import LABELS
 
 FORMATS = ("nnunet", "samples")
 REJECTED = "rejected"

@@ -17,11 +17,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
-from VentricleSynthLib.labels import VENTRICLE_LABELS
 from VentricleSynthLib.io.nifti import Volume
+from VentricleSynthLib.labels import VENTRICLE_LABELS
 from VentricleSynthLib.metrics import dice
+from VentricleSynthLib.morphology import connected_components, piece_sizes
 from VentricleSynthLib.volumes import ventricle_volume_ml
 
 VOLUME_TOLERANCE_ML = 5.0  # flag `volume_off` when |got - asked| exceeds both this ...
@@ -37,7 +37,7 @@ class FidelityCheck:
         self.segmenter = None
         self.note = note
         if folder is not None:
-            from VentricleSynthLib.segmentation.segmenter import get_segmenter
+            from VentricleSynthLib.segmentation.predictor import get_segmenter
 
             self.segmenter = get_segmenter(device=device, folder=folder)
             self.note = ""
@@ -50,7 +50,7 @@ class FidelityCheck:
         """Ventricle labels of the generated image on its own grid (None, why) when not measurable."""
         if self.segmenter is None:
             return None, self.note
-        from VentricleSynthLib.segmentation.segmenter import UnsuitableImageError
+        from VentricleSynthLib.segmentation.input_checks import UnsuitableImageError
 
         try:
             label, _ = self.segmenter.segment(Volume(image, affine), allow_thick_slices=True)
@@ -62,11 +62,11 @@ class FidelityCheck:
 def components(label: np.ndarray) -> tuple[int, float]:
     """(number of 26-connected pieces of the ventricles, fraction of their volume in the largest)."""
     vent = np.isin(label, VENTRICLE_LABELS)
-    pieces, n = ndimage.label(vent, structure=np.ones((3, 3, 3), bool))
+    pieces, n = connected_components(vent, full_connectivity=True)
     if n == 0:
         return 0, 0.0
-    sizes = np.bincount(pieces.ravel())[1:]
-    return int(n), float(sizes.max() / sizes.sum())
+    sizes = piece_sizes(pieces, n)
+    return n, float(sizes.max() / sizes.sum())
 
 
 def measure(image: np.ndarray, label: np.ndarray, affine: np.ndarray, asked_ml: float, got_ml: float,

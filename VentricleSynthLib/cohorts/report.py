@@ -14,9 +14,9 @@ from typing import Callable
 import numpy as np
 
 from VentricleSynthLib.cohorts.qc import DEFAULT_MIN_DICE, MAX_COMPONENTS, VOLUME_TOLERANCE_ML, VOLUME_TOLERANCE_REL
+from VentricleSynthLib.io.atomic import write_text
 from VentricleSynthLib.io.figures import png_figure
 from VentricleSynthLib.io.montage import write_montage
-from VentricleSynthLib.io.nifti import atomic_write_bytes
 
 MONTAGE_SAMPLES = 8
 DICE_GOAL = 0.85
@@ -179,5 +179,5 @@ def write_report(out: Path, rows: list[dict], run: dict, load: Callable[[int], t
     if len(rows) > TABLE_ROWS:
         lines.append(f"\n{len(rows) - TABLE_ROWS} more in cases.csv.")
     text = "\n".join(lines) + "\n"
-    atomic_write_bytes(folder / "report.md", lambda tmp: Path(tmp).write_text(text))
+    write_text(folder / "report.md", text)
     return s

@@ -20,108 +20,24 @@ Restartable and shardable with no coordinator:
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from VentricleSynthLib.errors import OutputError, RequestError, VentricleSynthError
-from VentricleSynthLib.cohorts.layout import FORMATS, make_layout
 from VentricleSynthLib.cohorts.distributions import Distribution, check_seed, parse, sample_seed
+from VentricleSynthLib.cohorts.layout import FORMATS, make_layout
+from VentricleSynthLib.cohorts.request import CohortRequest, check_min_dice, owned, parse_shard, shard_device
+from VentricleSynthLib.errors import OutputError, RequestError, VentricleSynthError
 
 RUN_FILE = "synthesis.json"
 CASE_FIELDS = ["case", "index", "asked_ml", "got_ml", "seed", "guidance", "steps", "image_steps", "candidates",
                "seconds", "qc",
                "qc_dice", "qc_seg_ml", "volume_error_ml", "components", "largest_component_fraction", "included",
                "tiv_ml", "batch_size", "device", "qc_model", "qc_note"]
-
-
-@dataclass
-class CohortRequest:
-    out: Path
-    distribution: str | Distribution
-    count: int | None = None  # default: a list's length
-    seed: int = 0
-    guidance: float | None = None  # default: the mask bundle's
-    candidates: int | None = None  # label maps denoised per sample, the closest kept (default: the mask bundle's)
-    steps: int | None = None  # default: each bundle's
-    format: str = "samples"  # the CLI's default too; train.py synthesize's config says nnunet
-    shard: str | None = None  # "i/N"; default RANK/WORLD_SIZE (torchrun) or the whole cohort
-    batch_size: int | None = None  # default 8 on CUDA, else 1
-    qc_min_dice: float | None = None  # keep samples below this label-fidelity Dice out of the dataset (pinned)
-    device: str = "auto"
-    models: Path | None = None  # folder holding mask_generator/ and image_generator/ (model_store's search)
-    segmenter: Path | None = None  # segmenter bundle for label fidelity (default: find_segmenter(models))
-    report: bool = True
-    progress: bool = True
-
-
-def _env_int(name: str) -> int | None:
-    """An integer environment variable (torchrun's), None when unset or empty."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise RequestError(f"environment variable {name} must be an integer, got {text!r}") from None
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """(shard index, shard count) from `--shard i/N`, else torchrun's RANK/WORLD_SIZE, else (0, 1)."""
-    world = _env_int("WORLD_SIZE")
-    world = 1 if world is None else world
-    if world < 1:
-        raise RequestError(f"environment variable WORLD_SIZE must be >= 1, got {world}")
-    if text is None:
-        if world == 1:
-            return 0, 1
-        rank = _env_int("RANK")
-        if rank is None:
-            raise RequestError(f"WORLD_SIZE={world} is set but RANK is not; launch with torchrun, or use --shard i/N")
-        if not 0 <= rank < world:
-            raise RequestError(f"environment variable RANK must be in 0..{world - 1}, got {rank}")
-        return rank, world
-    if world > 1:
-        raise RequestError("--shard and torchrun both split the cohort; use one of them")
-    i, slash, n = str(text).partition("/")
-    try:
-        i, n = int(i), int(n)
-    except ValueError:
-        raise RequestError(f"--shard must be i/N with 0 <= i < N, got {text!r}") from None
-    if not slash or n < 1 or not 0 <= i < n:
-        raise RequestError(f"--shard must be i/N with 0 <= i < N, got {text!r}")
-    return i, n
-
-
-def owned(count: int, batch: int, shard: int, shards: int) -> list[int]:
-    """The indices shard `shard` of `shards` generates: block b (indices b*batch .. b*batch+batch-1) is shard
-    b mod shards's, so each block is sampled whole by one process."""
-    return [i for i in range(count) if (i // batch) % shards == shard]
-
-
-def _device(name: str) -> str:
-    """Under torchrun each process takes the GPU of its LOCAL_RANK."""
-    import torch
-
-    local = _env_int("LOCAL_RANK")
-    if local is not None and (name or "auto").lower() in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{local}"
-    return name
-
-
-def check_min_dice(value) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0.0 <= value <= 1.0:
-        raise RequestError(f"--qc-min-dice must be a number in 0..1, got {value!r}")
-    return float(value)
 
 
 def _check_out(out: Path) -> None:
@@ -165,10 +81,9 @@ def find_segmenter(*roots: Path | None) -> tuple[Path | None, str]:
     """The QC segmenter bundle: ROOT/segmenter of the first root holding one, else the default models folder's
     ($VENTRICLESYNTH_MODELS or the bundled); (None, why) when there is none. The one search order of the
     CLI and `train.py synthesize`."""
-    from VentricleSynthLib.bundles.store import SEGMENTER, models_dir
+    from VentricleSynthLib.bundles.store import SEGMENTER, find_bundle
 
-    searched = list(dict.fromkeys([Path(r) for r in roots if r] + [models_dir(None)]))
-    folder = next((r / SEGMENTER for r in searched if (r / SEGMENTER).is_dir()), None)
+    folder, searched = find_bundle(SEGMENTER, *roots)
     return folder, "" if folder else f"no segmenter bundle in {', '.join(map(str, searched))}"
 
 
@@ -214,9 +129,10 @@ def assemble(out: Path, layout, run: dict, min_dice: float | None = None, report
 
 def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> dict:
     """Generate (or finish) this process's share of the cohort, then assemble it. Returns the summary."""
-    from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator
     from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
-    from VentricleSynthLib.generation.sample_folder import writable_dir
+    from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator
+    from VentricleSynthLib.generation.pairs import generate_pairs, settings_for
+    from VentricleSynthLib.io.atomic import writable_dir
 
     started = time.perf_counter()
     if request.format not in FORMATS:
@@ -235,7 +151,7 @@ def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> di
     seg_folder, seg_note = _segmenter_folder(request)
     if min_dice is not None and seg_folder is None:
         raise RequestError(f"--qc-min-dice needs a segmenter bundle for label fidelity ({seg_note})")
-    device = _device(request.device)
+    device = shard_device(request.device)
 
     mask = MaskGenerator(bundle_path(MASK, request.models), device)
     image = ImageGenerator(bundle_path(IMAGE, request.models), device)
@@ -243,18 +159,15 @@ def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> di
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise RequestError(f"--batch-size must be >= 1, got {batch!r}")
     dist = dist.bind(mask.trained_range_ml)
-    guidance = float(mask.sampling["guidance"] if request.guidance is None else request.guidance)
-    steps = {"mask": int(mask.sampling["steps"] if request.steps is None else request.steps),
-             "image": int(image.sampling["steps"] if request.steps is None else request.steps)}
-    candidates = (int(mask.sampling.get("candidates", 1)) if request.candidates is None else request.candidates)
     blocks = -(-count // batch)
     volumes = np.round(dist.volumes(blocks * batch, seed), 3)  # whole blocks: see the module docstring
     for v in np.unique(volumes):
-        mask.check_request(float(v), guidance, steps["mask"], candidates)
+        mask.check_volume(float(v))
+    settings = settings_for(mask, image, request.guidance, request.steps, request.candidates)
     # batch size and device type decide the values (batched kernels) and the batch size which shard owns what
-    run = {"format": request.format, "distribution": dist.spec, "seed": seed, "guidance": guidance, "steps": steps,
-           "candidates": candidates, "models": {"mask": mask.id, "image": image.id}, "batch_size": batch,
-           "device_type": mask.device.type, "qc_min_dice": min_dice}
+    run = {"format": request.format, "distribution": dist.spec, "seed": seed, "guidance": settings.guidance,
+           "steps": settings.steps, "candidates": settings.candidates, "models": {"mask": mask.id, "image": image.id},
+           "batch_size": batch, "device_type": mask.device.type, "qc_min_dice": min_dice}
 
     out = writable_dir(out)
     _pin_settings(out, run)
@@ -266,7 +179,6 @@ def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> di
             layout.clear(i)  # what a killed run left: staging files, dataset files without their record
 
     from VentricleSynthLib.cohorts.qc import FidelityCheck, measure, passes_filter
-    from VentricleSynthLib.generation.batch import generate_pairs
 
     check = None
     bar = _bar(len(mine), len(done), f"synthesize {shard}/{shards}" if shards > 1 else "synthesize",
@@ -280,8 +192,7 @@ def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> di
         t0 = time.perf_counter()
         try:
             pairs = generate_pairs(mask, image, [float(volumes[i]) for i in block],
-                                   [sample_seed(seed, i) for i in block], guidance, request.steps,
-                                   candidates=candidates)
+                                   [sample_seed(seed, i) for i in block], settings)
             for i in todo:
                 pair = pairs[i - b * batch]
                 q0 = time.perf_counter()

@@ -1,27 +1,35 @@
-"""Sampling from the two bundled latent diffusion models: label maps with a requested ventricle
-volume (classifier-free guidance), and label map -> T1-like image (SPADE).
+"""The two bundled latent diffusion models: label maps with a requested ventricle volume (classifier-free
+guidance), and label map -> T1-like image (SPADE).
 
-The volume is asked in mL and normalised with the statistics stored in the mask bundle.
+The volume is asked in mL and normalised with the statistics stored in the mask bundle. How a pair is
+sampled (guidance, steps, candidates) is `settings.SamplingSettings`; the DDIM loop is `sampler.ddim_sample`.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from VentricleSynthLib.bundles import format as bundles
+from VentricleSynthLib.bundles.store import IMAGE, MASK
 from VentricleSynthLib.devices import resolve_device
 from VentricleSynthLib.errors import RequestError
+from VentricleSynthLib.generation.networks import (
+    condition,
+    image_autoencoder,
+    image_unet,
+    mask_autoencoder,
+    mask_unet,
+    mask_unet_input,
+)
+from VentricleSynthLib.generation.sampler import ddim_sample, guided, initial_noise
+from VentricleSynthLib.generation.settings import SamplingSettings, bundle_sampling, resolve
 from VentricleSynthLib.labels import MAIN_CLASSES, from_indices, one_hot, to_indices
-from VentricleSynthLib.generation.networks import condition, ddim, mask_unet_input, image_autoencoder, image_unet, mask_autoencoder, mask_unet
-from VentricleSynthLib.volumes import tiv_ml, ventricle_volume_ml
-
-Progress = Callable[[str, int, int], None]
+from VentricleSynthLib.morphology import connected_components, largest_piece
+from VentricleSynthLib.progress import ProgressCallback
+from VentricleSynthLib.volumes import ventricle_volume_ml
 
 
 def one_brain(label: np.ndarray) -> np.ndarray:
@@ -31,23 +39,16 @@ def one_brain(label: np.ndarray) -> np.ndarray:
     bundle before this step: one connected brain in only 13-30 % of samples); a label map is meant to be
     one brain.
     """
-    from scipy import ndimage
-
-    pieces, n = ndimage.label(label > 0)
+    pieces, n = connected_components(label > 0)
     if n <= 1:
         return label
-    sizes = np.bincount(pieces.ravel())
-    sizes[0] = 0
-    return np.where(pieces == int(sizes.argmax()), label, 0).astype(label.dtype)
-
-
-def _check_steps(steps: int, maximum: int) -> None:
-    if not isinstance(steps, int) or steps < 1 or steps > maximum:
-        raise RequestError(f"steps must be an integer in 1..{maximum}, got {steps!r}")
+    return np.where(largest_piece(pieces, n), label, 0).astype(label.dtype)
 
 
 class _LatentDiffusion:
-    """What both generators share: the bundle, its config, the latent scale and the DDIM loop."""
+    """What both generators share: the bundle, its config, its sampling defaults and the latent scale."""
+
+    kind = ""
 
     def __init__(self, folder: Path, device: str | None = None):
         self.folder = Path(folder)
@@ -59,6 +60,7 @@ class _LatentDiffusion:
         self.latent_shift = torch.tensor(shift, dtype=torch.float32).reshape(1, -1, 1, 1, 1)
         self.latent_shape = tuple(self.config["latent_shape"])
         self.scheduler_kwargs = self.config["scheduler"]
+        self.sampling = bundle_sampling(self.config, self.kind)
         self.id = bundles.model_id(self.folder)
 
     def _load(self, module: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -69,25 +71,11 @@ class _LatentDiffusion:
                 f"model bundle {self.folder}: {name} weights do not fit its config ({exc})") from None
         return module.to(self.device).eval()
 
-    def _denoise(self, denoise_fn, steps: int, generator: torch.Generator | None, stage: str,
-                 progress: Progress | None, batch: int = 1, z0: torch.Tensor | None = None) -> torch.Tensor:
-        """The DDIM loop from `batch` latents drawn from `generator`, or from the given noise `z0` (batched
-        cohorts draw each sample's noise from its own seed)."""
-        scheduler = ddim(self.scheduler_kwargs)
-        _check_steps(steps, scheduler.num_train_timesteps)
-        scheduler.set_timesteps(steps, device=self.device)
-        if z0 is None:
-            z0 = torch.randn((batch, *self.latent_shape), generator=generator, device="cpu")
-        z = z0.to(self.device)
-        for i, t in enumerate(scheduler.timesteps, start=1):
-            eps = denoise_fn(z, t.reshape(1).expand(z.shape[0]).to(self.device))
-            z, _ = scheduler.step(eps, int(t), z)
-            if progress:
-                progress(stage, i, steps)
+    def _sample_latents(self, denoise, noise: torch.Tensor, steps: int, stage: str,
+                        progress: ProgressCallback | None) -> torch.Tensor:
+        """DDIM from `noise`, then undo the latent scaling and shift the autoencoder's decoder expects."""
+        z = ddim_sample(denoise, noise, self.scheduler_kwargs, steps, self.device, stage, progress)
         return z / self.scale_factor + self.latent_shift.to(z.device)
-
-
-MAX_CANDIDATES = 16
 
 
 class MaskGenerator(_LatentDiffusion):
@@ -99,6 +87,8 @@ class MaskGenerator(_LatentDiffusion):
     the K = 1 sample. The bundle's `sampling.candidates` is the default; its card reports both.
     """
 
+    kind = MASK
+
     def __init__(self, folder: Path, device: str | None = None):
         super().__init__(folder, device)
         arch = self.config["architecture"]
@@ -107,7 +97,6 @@ class MaskGenerator(_LatentDiffusion):
         self.unet_arch = arch["unet"]
         norm = self.config["volume_normalisation"]
         self.v_min, self.v_max = float(norm["min_ml"]), float(norm["max_ml"])
-        self.sampling = self.config.get("sampling", {"guidance": 4.0, "steps": 50})
 
     @property
     def trained_range_ml(self) -> tuple[float, float]:
@@ -116,54 +105,63 @@ class MaskGenerator(_LatentDiffusion):
     def normalise(self, volume_ml: float) -> float:
         return (volume_ml - self.v_min) / (self.v_max - self.v_min)
 
-    def check_request(self, volume_ml: float, guidance: float, steps: int, candidates: int = 1) -> None:
+    def check_volume(self, volume_ml: float) -> None:
+        """A positive volume within a quarter of the trained span around the trained range."""
         if not np.isfinite(volume_ml) or volume_ml <= 0:
             raise RequestError(f"ventricle volume must be a positive number of mL, got {volume_ml}")
         span = self.v_max - self.v_min
         if not (self.v_min - 0.25 * span <= volume_ml <= self.v_max + 0.25 * span):
             raise RequestError(f"ventricle volume {volume_ml:g} mL is far outside the trained range "
                                f"{self.v_min:.0f}-{self.v_max:.0f} mL")
-        if not np.isfinite(guidance) or guidance < 0:
-            raise RequestError(f"guidance must be >= 0, got {guidance}")
-        _check_steps(steps, 1000)
-        if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= MAX_CANDIDATES:
-            raise RequestError(f"candidates must be an integer in 1..{MAX_CANDIDATES}, got {candidates!r}")
 
     @property
     def affine(self) -> np.ndarray:
         return np.asarray(self.config["affine"], dtype=np.float64)
 
+    def settings(self, guidance: float | None = None, steps: int | None = None,
+                 candidates: int | None = None) -> SamplingSettings:
+        """This bundle's sampling defaults ⊕ the request (mask stage only)."""
+        return resolve(self.sampling, None, guidance=guidance, steps=steps, candidates=candidates)
+
     def sample(self, volume_ml: float, guidance: float | None = None, steps: int | None = None, seed: int = 0,
-               progress: Progress | None = None, candidates: int | None = None) -> np.ndarray:
+               progress: ProgressCallback | None = None, candidates: int | None = None) -> np.ndarray:
         """One label map (FreeSurfer numbers, int16) on the profile grid."""
         return self.sample_with_record(volume_ml, guidance, steps, seed, progress, candidates)[0]
 
-    @torch.no_grad()
     def sample_with_record(self, volume_ml: float, guidance: float | None = None, steps: int | None = None,
-                           seed: int = 0, progress: Progress | None = None,
+                           seed: int = 0, progress: ProgressCallback | None = None,
                            candidates: int | None = None) -> tuple[np.ndarray, dict]:
         """The label map and what sampling did: guidance, steps, candidates' volumes, the one kept."""
-        guidance = float(self.sampling["guidance"] if guidance is None else guidance)
-        steps = int(self.sampling["steps"] if steps is None else steps)
-        k = int(self.sampling.get("candidates", 1)) if candidates is None else candidates
-        self.check_request(volume_ml, guidance, steps, k)
-        generator = torch.Generator().manual_seed(int(seed))
-        denoise = self._guided([volume_ml] * k, guidance)
-        z = self._denoise(denoise, steps, generator, "mask", progress, batch=k)
-        label, chosen = self.choose(z, volume_ml)
-        return label, {"guidance": guidance, "steps": steps, "candidates": k, **chosen}
+        self.check_volume(volume_ml)
+        settings = self.settings(guidance, steps, candidates)
+        return self.sample_many([volume_ml], [seed], settings, progress)[0]
 
-    def _guided(self, volumes_ml: list[float], guidance: float):
-        """The classifier-free guided noise estimate for latents asking these volumes (one per latent)."""
+    @torch.no_grad()
+    def sample_many(self, volumes_ml: list[float], seeds: list[int], settings: SamplingSettings,
+                    progress: ProgressCallback | None = None) -> list[tuple[np.ndarray, dict]]:
+        """A label map and its record for each (volume, seed): K candidates each, all denoised in one batch;
+        sample j's candidates start from seeds[j]'s own noise, as when it is drawn alone."""
+        k = settings.candidates
+        latents = self.sample_latents([v for v in volumes_ml for _ in range(k)], settings.guidance,
+                                      settings.mask_steps, initial_noise(self.latent_shape, seeds, k), progress)
+        out = []
+        for j, asked in enumerate(volumes_ml):
+            label, chosen = self.choose(latents[j * k:(j + 1) * k], asked)
+            out.append((label, {"guidance": settings.guidance, "steps": settings.mask_steps, "candidates": k,
+                                **chosen}))
+        return out
+
+    def sample_latents(self, volumes_ml: list[float], guidance: float, steps: int, noise: torch.Tensor,
+                       progress: ProgressCallback | None = None) -> torch.Tensor:
+        """Guided DDIM from `noise` (one latent per asked volume) to decodable latents."""
         v = torch.tensor([self.normalise(float(x)) for x in volumes_ml], dtype=torch.float32, device=self.device)
         context = torch.cat([condition(v), condition(v, keep=torch.zeros(len(v), device=self.device))])
 
-        def denoise(z, t):
+        def conditioned_and_not(z, t):
             zz = mask_unet_input(torch.cat([z, z]), context, self.unet_arch)
-            eps_c, eps_u = self.unet(zz, torch.cat([t, t]), context=context).chunk(2)
-            return eps_u + guidance * (eps_c - eps_u)
+            return self.unet(zz, torch.cat([t, t]), context=context).chunk(2)
 
-        return denoise
+        return self._sample_latents(guided(conditioned_and_not, guidance), noise, steps, "mask", progress)
 
     @torch.no_grad()
     def choose(self, latents: torch.Tensor, volume_ml: float) -> tuple[np.ndarray, dict]:
@@ -184,62 +182,28 @@ class MaskGenerator(_LatentDiffusion):
 class ImageGenerator(_LatentDiffusion):
     """SPADE image LDM: a label map in -> a T1-like image in [0, 1] on the same grid."""
 
+    kind = IMAGE
+
     def __init__(self, folder: Path, device: str | None = None):
         super().__init__(folder, device)
         arch = self.config["architecture"]
         self.autoencoder = self._load(image_autoencoder(arch["autoencoder"]), "autoencoder")
         self.unet = self._load(image_unet(arch["unet"], arch["autoencoder"]["latent_channels"]), "unet")
-        self.sampling = self.config.get("sampling", {"steps": 50})
+
+    def sample(self, label_map: np.ndarray, steps: int | None = None, seed: int = 0,
+               progress: ProgressCallback | None = None) -> np.ndarray:
+        steps = int(self.sampling["steps"] if steps is None else steps)
+        return self.sample_many([label_map], [seed], steps, progress)[0]
 
     @torch.no_grad()
-    def sample(self, label_map: np.ndarray, steps: int | None = None, seed: int = 0,
-               progress: Progress | None = None) -> np.ndarray:
-        steps = int(self.sampling["steps"] if steps is None else steps)
-        generator = torch.Generator().manual_seed(int(seed))
-        seg = torch.from_numpy(one_hot(to_indices(label_map)))[None].to(self.device)
+    def sample_many(self, labels: list[np.ndarray], seeds: list[int], steps: int,
+                    progress: ProgressCallback | None = None) -> list[np.ndarray]:
+        """An image for each (label map, seed), denoised in one batch."""
+        seg = torch.from_numpy(np.stack([one_hot(to_indices(label)) for label in labels])).to(self.device)
 
         def denoise(z, t):
             return self.unet(z, t, seg=seg)
 
-        z = self._denoise(denoise, steps, generator, "image", progress)
-        image = self.autoencoder.decode(z, seg)
-        return image[0, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
-
-
-@dataclass
-class Pair:
-    image: np.ndarray
-    label: np.ndarray
-    affine: np.ndarray
-    record: dict
-
-
-def generate_pair(mask: MaskGenerator, image: ImageGenerator, volume_ml: float, guidance: float | None = None,
-                  steps: int | None = None, seed: int = 0, progress: Progress | None = None,
-                  candidates: int | None = None) -> Pair:
-    """A labelled pair with `volume_ml` of ventricles asked; the record says what was asked and obtained."""
-    start = time.perf_counter()
-    image_steps = int(image.sampling["steps"] if steps is None else steps)
-    label, sampled = mask.sample_with_record(volume_ml, guidance, steps, seed, progress, candidates)
-    img = image.sample(label, image_steps, seed, progress)
-    return Pair(img, label, mask.affine,
-                pair_record(mask, image, volume_ml, label, sampled, image_steps, seed, time.perf_counter() - start))
-
-
-def pair_record(mask: MaskGenerator, image: ImageGenerator, volume_ml: float, label: np.ndarray, sampled: dict,
-                image_steps: int, seed: int, seconds: float) -> dict:
-    """A generated pair's record: what was asked, what was obtained, how (`sampled`: the mask sampling's)."""
-    affine = mask.affine
-    return {
-        "asked_ml": float(volume_ml),
-        "got_ml": round(ventricle_volume_ml(label, affine), 3),
-        "tiv_ml": round(tiv_ml(label, affine), 2),
-        "seed": int(seed),
-        "steps": {"mask": sampled["steps"], "image": image_steps},
-        "guidance": sampled["guidance"],
-        "candidates": sampled["candidates"],
-        "candidates_ml": sampled["candidates_ml"],
-        "seconds": round(seconds, 3),
-        "device": str(mask.device),
-        "models": {"mask": mask.id, "image": image.id},
-    }
+        z = self._sample_latents(denoise, initial_noise(self.latent_shape, seeds, 1), steps, "image", progress)
+        out = self.autoencoder.decode(z, seg)[:, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
+        return [out[j] for j in range(len(labels))]

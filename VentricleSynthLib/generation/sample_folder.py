@@ -14,22 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from VentricleSynthLib.errors import OutputError
 from VentricleSynthLib.io.figures import png_figure
 from VentricleSynthLib.io.montage import draw_outlined, ventricle_views
 from VentricleSynthLib.io.nifti import Volume, save_volume
-
-
-def writable_dir(path) -> Path:
-    """Create `path` if needed and prove it writable before any work starts (no partial output)."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test."):
-            pass
-    except OSError as exc:
-        raise OutputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
-    return out.resolve()
 
 
 def write_preview(image: np.ndarray, label: np.ndarray, path: Path, title: str) -> None:

@@ -13,7 +13,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from VentricleSynthLib.affines import spacing_of
 from VentricleSynthLib.io.nifti import Volume
+from VentricleSynthLib.morphology import connected_components, largest_piece
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class Grid:
 
     @property
     def spacing(self) -> np.ndarray:
-        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        return spacing_of(self.affine)
 
     def centre_world(self) -> np.ndarray:
         centre_ijk = (np.asarray(self.shape, dtype=float) - 1) / 2
@@ -102,11 +104,10 @@ def brain_mask_from_image(image: np.ndarray) -> np.ndarray:
     lo = np.percentile(image, 0.5)
     fg = image > lo + 0.1 * (hi - lo)
     fg = ndimage.binary_opening(fg, iterations=1)
-    lab, n = ndimage.label(fg)
+    pieces, n = connected_components(fg)
     if n == 0:
         return image > lo
-    sizes = ndimage.sum_labels(fg, lab, index=np.arange(1, n + 1))
-    return ndimage.binary_fill_holes(lab == (np.argmax(sizes) + 1))
+    return ndimage.binary_fill_holes(largest_piece(pieces, n))
 
 
 def profile_grid(volume: Volume, spacing, shape, mask: np.ndarray | None = None) -> Grid:

@@ -1,4 +1,4 @@
-"""The data path of design.md: input geometry -> profile grid (RAS, spacing, shape, [0,1]) and back.
+"""The data path of every model: input geometry -> profile grid (RAS, spacing, shape, [0,1]) and back.
 
 `to_profile` returns the network-ready arrays together with the `Grid`s needed to put a result
 back onto the input's own grid with `to_input_grid`.

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from VentricleSynthLib.io.nifti import atomic_write_bytes
+from VentricleSynthLib.io.atomic import atomic_write
 
 
 @contextmanager
@@ -27,6 +27,6 @@ def png_figure(path: Path, dpi: int = 90, **subplots) -> Iterator[tuple]:
         try:
             yield fig, axes
             fig.tight_layout()
-            atomic_write_bytes(Path(path), lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+            atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
         finally:
             plt.close(fig)

@@ -1,4 +1,4 @@
-"""NIfTI reading and writing with validation; atomic writes; the `Volume` value type.
+"""NIfTI reading and writing with validation (written atomically); the `Volume` value type.
 
 A `Volume` is a 3-D numpy array plus its 4x4 voxel->RAS(mm) affine. Readers refuse anything
 that is not a finite, non-empty, single 3-D volume with a typed `InvalidImageError`.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from VentricleSynthLib.affines import spacing_of
 from VentricleSynthLib.errors import GeometryMismatchError, InvalidImageError
-from VentricleSynthLib.labels import validate_label_map
+from VentricleSynthLib.io.atomic import atomic_write
+from VentricleSynthLib.labels import has_integer_values, validate_label_map
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -33,7 +34,7 @@ class Volume:
 
     @property
     def spacing(self) -> np.ndarray:
-        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        return spacing_of(self.affine)
 
     @property
     def axcodes(self) -> str:
@@ -101,23 +102,23 @@ def load_image(path: str | os.PathLike) -> Volume:
     return Volume(arr, _affine(path, img))
 
 
-def load_label_map(path: str | os.PathLike, mapping=None) -> Volume:
-    """Read a label map as int16 in the schema (after `mapping`, if given). Refuses unknown labels."""
+def load_label_map(path: str | os.PathLike, mapping=None, allow_empty: bool = False) -> Volume:
+    """Read a label map as int16 in the schema (after `mapping`, if given). Refuses unknown labels, and an
+    all-background map unless `allow_empty` (a prediction may rightly find nothing)."""
     path = Path(path)
     img, data = _read(path)
     data = _as_3d(path, data)
     arr = np.asarray(data)
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)):
-            raise InvalidImageError(f"{path}: label map contains NaN or Inf values")
-        if np.any(arr != np.round(arr)):
-            raise InvalidImageError(f"{path}: label map has non-integer values")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidImageError(f"{path}: label map contains NaN or Inf values")
+    if not has_integer_values(arr):
+        raise InvalidImageError(f"{path}: label map has non-integer values")
     if mapping is not None:
         arr = mapping.apply(arr)
     else:
         validate_label_map(arr, what=str(path))
     arr = arr.astype(np.int16)
-    if not np.any(arr):
+    if not allow_empty and not np.any(arr):
         raise InvalidImageError(f"{path}: label map is empty (all background)")
     return Volume(arr, _affine(path, img))
 
@@ -129,25 +130,6 @@ def check_same_grid(a: Volume, b: Volume, what: str = "image and label map", ato
     if not np.allclose(a.affine, b.affine, atol=atol):
         diff = float(np.abs(a.affine - b.affine).max())
         raise GeometryMismatchError(f"{what} differ in geometry (affines differ by up to {diff:.3g} mm)")
-
-
-def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
-    """Call `write(tmp_path)` then rename onto `path`, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_volume(volume: Volume, path: str | os.PathLike, dtype=None) -> Path:
@@ -163,4 +145,4 @@ def save_volume(volume: Volume, path: str | os.PathLike, dtype=None) -> Path:
     img.set_qform(volume.affine, code=1)
     img.set_sform(volume.affine, code=1)
     img.header.set_xyzt_units("mm")
-    return atomic_write_bytes(path, lambda tmp: nib.save(img, tmp))
+    return atomic_write(path, lambda tmp: nib.save(img, tmp))

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from VentricleSynthLib.errors import DatasetError
-from VentricleSynthLib.labels import LABELS, SCHEMA, to_indices
-from VentricleSynthLib.io.nifti import Volume, atomic_write_bytes, load_image, save_volume
+from VentricleSynthLib.io.nifti import Volume, load_image, save_volume
+from VentricleSynthLib.labels import LABELS, SCHEMA, label_name, to_indices
 
 FILE_ENDING = ".nii.gz"
 
@@ -29,15 +29,23 @@ def label_path(root: Path, case: str, split_dir: str = "labelsTr") -> Path:
 
 
 def schema_dataset_json(num_training: int, channel: str = "T1", labels: tuple[int, ...] = LABELS,
-                        extra: dict | None = None) -> dict:
-    """dataset.json for label files holding consecutive indices of `labels` (FreeSurfer numbers)."""
-    data = {
-        "channel_names": {"0": channel},
-        "labels": {SCHEMA[lab][0] if lab else "background": i for i, lab in enumerate(labels)},
+                        extra: dict | None = None, union_region: str | None = None) -> dict:
+    """dataset.json for label files holding consecutive indices of `labels` (FreeSurfer numbers).
+
+    With `union_region` (a name), the targets are nnU-Net regions: the union of every label, then each label
+    on its own (`regions_class_order` paints them in that order).
+    """
+    names = {label_name(lab) if lab else "background": i for i, lab in enumerate(labels)}
+    data = {"channel_names": {"0": channel}, "labels": names}
+    if union_region is not None:
+        foreground = list(range(1, len(labels)))
+        data["labels"] = {"background": 0, union_region: foreground, **{k: v for k, v in names.items() if v}}
+        data["regions_class_order"] = [1, *foreground]
+    data.update({
         "numTraining": int(num_training),
         "file_ending": FILE_ENDING,
         "freesurfer_labels": {str(i): int(lab) for i, lab in enumerate(labels)},
-    }
+    })
     data.update(extra or {})
     return data
 
@@ -49,21 +57,6 @@ def write_case(root: Path, case: str, image: Volume, label: Volume | None,
     if label is not None:
         save_volume(Volume(to_indices(label.array), label.affine), label_path(root, case, labels_dir),
                     dtype=np.uint8)
-
-
-def write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
-    def _write(tmp):
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fieldnames, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write_bytes(path, _write)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -109,8 +102,8 @@ def list_cases(root: Path, images_dir: str = "imagesTr") -> list[str]:
 
 def load_case(root: Path, case: str, dataset: dict | None = None) -> tuple[Volume, Volume]:
     """Read one case back as (image, label map in FreeSurfer numbers)."""
-    from VentricleSynthLib.labels import LabelMapping
     from VentricleSynthLib.io.nifti import load_label_map
+    from VentricleSynthLib.labels import LabelMapping
 
     dataset = dataset or read_dataset_json(root)
     mapping = LabelMapping("dataset.json", index_to_freesurfer(dataset))

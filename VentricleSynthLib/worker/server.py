@@ -9,7 +9,7 @@
     worker info [--models DIR]
         -> one RESULT line describing the model bundles (checksums verified)
 
-Output follows `worker_protocol`: a `WORKER` line, a `PLAN` line, one `PROGRESS` line per denoising
+Output follows `worker.protocol`: a `WORKER` line, a `PLAN` line, one `PROGRESS` line per denoising
 step, one `RESULT` JSON line per produced item naming its files (absolute paths), `error:` lines on
 stderr. Exit codes: 0 ok, 1 internal error (traceback in the log), 2 bad input/request (one `error:`
 line), 3 out of memory (with a hint), 130 cancelled (SIGINT, SIGTERM, `cancel` on stdin, or stdin
@@ -20,8 +20,6 @@ a segmentation file is either complete or absent.
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
 import os
 import signal
 import sys
@@ -31,8 +29,20 @@ import traceback
 from pathlib import Path
 
 from VentricleSynthLib import __version__
+from VentricleSynthLib.command_line import Parser, print_error, print_warning
 from VentricleSynthLib.errors import RequestError, VentricleSynthError
-from VentricleSynthLib.worker.protocol import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_OUT_OF_MEMORY, EXIT_USER_ERROR, OUT_OF_MEMORY_HINT, format_plan, format_progress, format_result, format_started
+from VentricleSynthLib.worker.protocol import (
+    EXIT_CANCELLED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_OUT_OF_MEMORY,
+    EXIT_USER_ERROR,
+    OUT_OF_MEMORY_HINT,
+    format_plan,
+    format_progress,
+    format_result,
+    format_started,
+)
 
 SEGMENTATION_FILE = "segmentation.nii.gz"
 SEGMENTATION_REPORT = "segmentation.json"
@@ -42,28 +52,9 @@ class Cancelled(BaseException):
     """Raised in the main thread by SIGINT/SIGTERM or the stdin watcher; never caught by `except Exception`."""
 
 
-class SegmenterUnavailableError(VentricleSynthError):
-    """The ventricle segmenter (VentricleSynthLib.segmentation.segmenter) is not part of this installation yet."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one `error:` line and exit code 2, like every other user error."""
-
-    def error(self, message):  # noqa: D401 - argparse hook
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 # ------------------------------------------------------------------------------------- output lines
 def emit(line: str) -> None:
     print(line, flush=True)
-
-
-def _error_line(message: str) -> None:
-    print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
-
-
-def _warning_line(message: str) -> None:
-    print("warning: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------- arguments
@@ -102,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m VentricleSynthLib worker", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m VentricleSynthLib worker", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return parser
 
@@ -185,31 +176,27 @@ def _is_out_of_memory(exc: BaseException) -> bool:
                                               or "not enough memory" in text)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    from VentricleSynthLib.io.nifti import atomic_write_bytes
-
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
-
-
 # --------------------------------------------------------------------------------------- commands
 def _generate(args) -> int:
     if args.count < 1:
         raise RequestError(f"--count must be >= 1, got {args.count}")
     _set_threads(args.threads)
     emit("loading the generators ...")
-    from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator, generate_pair
     from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
-    from VentricleSynthLib.generation.sample_folder import writable_dir, write_sample
+    from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator
+    from VentricleSynthLib.generation.pairs import generate_pairs, settings_for
+    from VentricleSynthLib.generation.sample_folder import write_sample
+    from VentricleSynthLib.io.atomic import writable_dir
 
     mask = MaskGenerator(bundle_path(MASK, args.models), args.device)
-    guidance = float(mask.sampling["guidance"] if args.guidance is None else args.guidance)
-    mask_steps = int(mask.sampling["steps"] if args.steps is None else args.steps)
-    mask.check_request(args.ventricle_ml, guidance, mask_steps)
+    mask.check_volume(args.ventricle_ml)
+    mask.settings(args.guidance, args.steps)  # a bad request fails before the image model loads
     image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
-    image_steps = int(image.sampling["steps"] if args.steps is None else args.steps)
+    settings = settings_for(mask, image, args.guidance, args.steps)
+    guidance, mask_steps, image_steps = settings.guidance, settings.mask_steps, settings.image_steps
     out = writable_dir(args.out)
     if mask.device.type == "cpu":
-        _warning_line("running on the CPU: slower than a GPU; the progress line shows the time left")
+        print_warning("running on the CPU: slower than a GPU; the progress line shows the time left")
     emit(f"device {mask.device}; ventricle volume {args.ventricle_ml:g} mL; guidance {guidance:g}; "
          f"steps {mask_steps}+{image_steps}; {args.count} sample(s)")
     emit(format_plan([("mask", mask_steps), ("image", image_steps)], args.count))
@@ -217,8 +204,7 @@ def _generate(args) -> int:
         def progress(stage, i, n, _k=k):
             emit(format_progress(stage, i, n, _k + 1, args.count))
 
-        pair = generate_pair(mask, image, args.ventricle_ml, guidance, args.steps, seed=args.seed + k,
-                             progress=progress)
+        pair = generate_pairs(mask, image, [args.ventricle_ml], [args.seed + k], settings, progress)[0]
         folder = write_sample(out, k, pair.image, pair.label, pair.affine, pair.record).resolve()
         record = pair.record
         emit(format_result({
@@ -234,45 +220,16 @@ def _generate(args) -> int:
     return EXIT_OK
 
 
-def _call_segmenter(segment_file, image_path: Path, label_path: Path, args, progress):
-    """Call `segmenter.segment_file(image, out, ...)` with whichever of device/models/progress it takes."""
-    try:
-        params = inspect.signature(segment_file).parameters
-    except (TypeError, ValueError):
-        params = {}
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    wanted = {"device": args.device, "models": args.models, "progress": progress}
-    if args.tta:
-        wanted["tta"] = True
-    if args.allow_thick_slices:
-        wanted["allow_thick_slices"] = True
-    missing = [k for k in ("tta", "allow_thick_slices") if k in wanted and k not in params and not takes_any]
-    if missing:
-        raise RequestError(f"this segmenter does not support --{missing[0].replace('_', '-')}")
-    kwargs = {k: v for k, v in wanted.items() if k in params or takes_any}
-    return segment_file(image_path, label_path, **kwargs)
-
-
 def _segment(args) -> int:
+    from VentricleSynthLib.io.atomic import writable_dir, write_json
     from VentricleSynthLib.io.nifti import check_same_grid, load_image, load_label_map
-    from VentricleSynthLib.generation.sample_folder import writable_dir
+    from VentricleSynthLib.segmentation.files import segment_file
     from VentricleSynthLib.volumes import volume_report
 
     start = time.perf_counter()
     image_path = Path(args.input).resolve()
     image = load_image(image_path)  # InvalidImageError (exit 2) for anything that is not a 3-D NIfTI
     out = writable_dir(args.out)
-    try:
-        from VentricleSynthLib.segmentation import segmenter
-    except ModuleNotFoundError as exc:
-        if exc.name not in (f"{__package__}.segmenter",):
-            raise
-        segmenter = None
-    segment_file = getattr(segmenter, "segment_file", None)
-    if segment_file is None:
-        raise SegmenterUnavailableError(
-            "the ventricle segmenter is not available in this installation (VentricleSynthLib.segmentation.segmenter."
-            "segment_file is missing); generation works, segmentation needs the segmenter bundle and code")
     _set_threads(args.threads)
     emit(format_plan([("segment", 1)], 1))
     emit(format_progress("segment", 0, 1, 1, 1))
@@ -281,20 +238,17 @@ def _segment(args) -> int:
         emit(format_progress("segment", i, max(int(n), 1), 1, 1))
 
     label_path = out / SEGMENTATION_FILE
-    returned = _call_segmenter(segment_file, image_path, label_path, args, progress)
-    if not label_path.is_file():
-        raise RuntimeError(f"the segmenter returned without writing {label_path}")
+    returned = segment_file(image_path, label_path, device=args.device, tta=args.tta, models=args.models,
+                            progress=progress, allow_thick_slices=args.allow_thick_slices)
     label = load_label_map(label_path)
     check_same_grid(image, label, what="input image and segmentation")
     report = {"input": str(image_path), "label": str(label_path), **volume_report(label.array, label.affine)}
-    if isinstance(returned, dict):  # what the segmenter adds: warnings, model id, device, test-time augmentation
-        for key in ("warnings", "model", "device", "tta"):
-            if key in returned:
-                report[key] = returned[key]
+    for key in ("warnings", "model", "device", "tta"):  # what the segmenter adds to the volumes
+        report[key] = returned[key]
     for warning in report.get("warnings") or []:
-        _warning_line(warning)
+        print_warning(warning)
     report["seconds"] = round(time.perf_counter() - start, 3)
-    _atomic_write_text(out / SEGMENTATION_REPORT, json.dumps(report, indent=2) + "\n")
+    write_json(out / SEGMENTATION_REPORT, report)
     emit(format_progress("segment", 1, 1, 1, 1))
     emit(format_result({"kind": "segmentation", "files": {"label": str(label_path),
                                                           "report": str(out / SEGMENTATION_REPORT)},
@@ -342,30 +296,30 @@ def run(args) -> int:
             _watch_stdin()
         return COMMANDS[args.worker_command](args)
     except Cancelled:
-        _error_line("cancelled")
+        print_error("cancelled")
         return EXIT_CANCELLED
     except KeyboardInterrupt:
-        _error_line("cancelled")
+        print_error("cancelled")
         return EXIT_CANCELLED
     except VentricleSynthError as exc:
-        _error_line(str(exc))
+        print_error(str(exc))
         return exc.exit_code
     except ModuleNotFoundError as exc:
         if not exc.name or exc.name.split(".")[0] == __package__:
             traceback.print_exc()
-            _error_line(f"internal error: {exc}")
+            print_error(f"internal error: {exc}")
             return EXIT_FAILED
-        _error_line(f"the Python package {exc.name.split('.')[0]!r} is missing: install the requirements "
+        print_error(f"the Python package {exc.name.split('.')[0]!r} is missing: install the requirements "
                     "(in Slicer: VentricleSynth > Models > Install dependencies)")
         return EXIT_USER_ERROR
     except Exception as exc:  # noqa: BLE001 - the worker must always end with a reserved code
         if _is_out_of_memory(exc):
             device = getattr(args, "device", "auto")
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            _error_line(f"out of memory on device {device} ({first[:200]}). {OUT_OF_MEMORY_HINT}")
+            print_error(f"out of memory on device {device} ({first[:200]}). {OUT_OF_MEMORY_HINT}")
             return EXIT_OUT_OF_MEMORY
         traceback.print_exc()
-        _error_line(f"internal error: {exc.__class__.__name__}: {exc} (a bug; please report it with the log)")
+        print_error(f"internal error: {exc.__class__.__name__}: {exc} (a bug; please report it with the log)")
         return EXIT_FAILED
     finally:
         _restore_signal_handlers(previous)

@@ -1,1 +1,1 @@
-"""Training data: the template cohort, imports of the user's own data, and cases read back in memory."""
+"""Training data: the template cohort, imports of the user's own data, and the training arrays read back into memory."""

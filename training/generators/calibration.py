@@ -1,5 +1,5 @@
-"""Stage `calibrate`: how well the mask generator follows the asked ventricle volume, and how T1-like
-the image generator's output is. Writes WORK/calibration/{calibration.json,volume_control.png} and
+"""Calibration (stage `calibrate`): how well the mask generator follows the asked ventricle volume, and how
+T1-like the image generator's output is. Writes WORK/calibration/{calibration.json,volume_control.png} and
 the measured sections of both bundles' card.md (manifests refreshed).
 """
 
@@ -11,22 +11,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 from scipy.stats import spearmanr
 
-from VentricleSynthLib.bundles import format as bundles
 from VentricleSynthLib.io.figures import png_figure
-from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator, generate_pair
+from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
+from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator
+from VentricleSynthLib.generation.pairs import generate_pair
 from VentricleSynthLib.labels import MAIN_CLASSES, CORTEX_LABELS, VENTRICLE_LABELS, WHITE_MATTER_LABELS
-from VentricleSynthLib.io.nifti import atomic_write_bytes
+from VentricleSynthLib.io.atomic import write_text
 from VentricleSynthLib.generation.sample_folder import write_preview
 from VentricleSynthLib.volumes import ventricle_volume_ml
+from VentricleSynthLib.morphology import connected_components
+
+from training.cards import IMAGE_REALISM, VOLUME_CONTROL, calibration_sections, replace_sections
 
 
 def anatomy_ok(label: np.ndarray) -> dict:
     """The schema's main classes are present and the brain is one connected component."""
     present = set(np.unique(label).tolist())
-    _, n_components = ndimage.label(label > 0)
+    _, n_components = connected_components(label > 0)
     return {"main_classes": all(c in present for c in MAIN_CLASSES), "components": int(n_components)}
 
 
@@ -44,11 +47,11 @@ def setting_name(guidance: float, candidates: int) -> str:
     return f"w={guidance:g}, K={candidates}"
 
 
-def sweep_volume(mask: MaskGenerator, asked: list[float], settings: list[tuple[float, int]], seeds: list[int],
+def sweep_volume(mask: MaskGenerator, asked: list[float], grid: list[tuple[float, int]], seeds: list[int],
                  steps: int, progress=print) -> list[dict]:
     """Sample every asked volume with every seed under every (guidance, candidates) setting."""
     rows = []
-    for w, k in settings:
+    for w, k in grid:
         for v in asked:
             for s in seeds:
                 start = time.perf_counter()
@@ -104,33 +107,19 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
         ax.legend(fontsize=7)
 
 
-def _replace_section(card: Path, heading: str, body: str) -> None:
-    """Replace (or append) the markdown section `## heading` of a card."""
-    text = card.read_text() if card.is_file() else ""
-    marker = f"## {heading}\n"
-    if marker in text:
-        head, rest = text.split(marker, 1)
-        tail = rest.split("\n## ", 1)
-        text = head + marker + body + ("\n## " + tail[1] if len(tail) > 1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + marker + body
-    card.write_text(text)
-
-
-def run(config: dict, work: Path, models: Path | None = None, asked=(20, 40, 60, 80, 100, 120),
+def run(work: Path, models: Path | None = None, asked=(20, 40, 60, 80, 100, 120),
         guidances=None, seeds=(0, 1, 2, 3, 4), image_samples: int = 20, command: str = "", progress=print) -> dict:
     models = Path(models) if models else work / "bundles"
-    mask = MaskGenerator(models / "mask_generator", "cpu")
-    image = ImageGenerator(models / "image_generator", "cpu")
-    default_w = float(mask.sampling["guidance"])
-    default_k = int(mask.sampling.get("candidates", 1))
-    steps = int(mask.sampling["steps"])
+    mask = MaskGenerator(bundle_path(MASK, models), "cpu")
+    image = ImageGenerator(bundle_path(IMAGE, models), "cpu")
+    defaults = mask.settings()
+    default_w, default_k, steps = defaults.guidance, defaults.candidates, defaults.mask_steps
     # the model alone (K = 1) at each guidance, and the bundle's default sampling
-    settings = sorted({(float(w), 1) for w in (guidances or [1.0, default_w])} | {(default_w, default_k)},
-                      key=lambda wk: (wk[1], wk[0]))
+    grid = sorted({(float(w), 1) for w in (guidances or [1.0, default_w])} | {(default_w, default_k)},
+                  key=lambda wk: (wk[1], wk[0]))
     out = work / "calibration"
     out.mkdir(parents=True, exist_ok=True)
-    rows = sweep_volume(mask, list(asked), settings, list(seeds), steps, progress)
+    rows = sweep_volume(mask, list(asked), grid, list(seeds), steps, progress)
     stats = summarise(rows)
     plot_sweep(rows, out / "volume_control.png")
     # image realism: pairs across the range at the default guidance
@@ -149,41 +138,19 @@ def run(config: dict, work: Path, models: Path | None = None, asked=(20, 40, 60,
               "pair_seconds_median": float(np.median(pair_seconds)), "command": command,
               "threads": torch.get_num_threads()}
     text = json.dumps(result, indent=2)
-    atomic_write_bytes(out / "calibration.json", lambda tmp: Path(tmp).write_text(text))
+    write_text(out / "calibration.json", text)
     _write_cards(models, result, out, previews, command)
     return result
 
 
 def _write_cards(models: Path, result: dict, out: Path, previews: list[Path], command: str) -> None:
+    """The measured sections of both cards (with the figures they show); the manifests follow."""
     import shutil
 
-    mask_dir, image_dir = models / "mask_generator", models / "image_generator"
-    asked = list(next(iter(result["volume_control"].values()))["median_got_ml"])
-    lines = ["| guidance w | candidates K | Spearman ρ | median abs(obtained−asked)/asked | MAE (mL) | "
-             f"median obtained for {'/'.join(asked)} mL | main classes | one component | s/sample | n |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, s in result["volume_control"].items():
-        lines.append(f"| {s['guidance']:g}{' (default)' if name == result['default'] else ''} | {s['candidates']} | "
-                     f"{s['spearman']:.3f} | {100 * s['median_rel_error']:.1f} % | {s['mean_abs_error_ml']:.1f} | "
-                     f"{'/'.join(f'{v:.0f}' for v in s['median_got_ml'].values())} | "
-                     f"{100 * s['main_classes_fraction']:.0f} % | {100 * s['one_component_fraction']:.0f} % | "
-                     f"{s['seconds_median']:.1f} | {s['samples']} |")
+    mask_dir, image_dir = bundle_path(MASK, models), bundle_path(IMAGE, models)
+    volume, realism = calibration_sections(result, previews, command)
     shutil.copyfile(out / "volume_control.png", mask_dir / "volume_control.png")
-    body = (f"Measured with `{command}` (CPU, {result['threads']} torch threads, {result['steps']} DDIM steps; "
-            f"asked {', '.join(asked)} mL, "
-            f"{len({r['seed'] for r in result['rows']})} seeds each; K = 1 is the diffusion model alone, K > 1 keeps "
-            "the candidate closest to the asked volume).\n\n"
-            + "\n".join(lines) + "\n\n![asked vs obtained](volume_control.png)\n")
-    _replace_section(mask_dir / "card.md", "Volume control (measured)", body)
+    replace_sections(mask_dir, {VOLUME_CONTROL: volume})
     for p in previews:
         shutil.copyfile(p, image_dir / p.name)
-    body = (f"Measured with `{command}`: {result['image_samples']} pairs across the trained range with the mask "
-            f"generator's default sampling ({result['default']}). Mean intensity WM > GM > ventricles inside "
-            f"the conditioning label map in "
-            f"{100 * result['t1_contrast_fraction']:.0f} % of samples. Median seconds per pair (both stages, "
-            f"{result['steps']} steps each, {result['threads']} torch threads): "
-            f"{result['pair_seconds_median']:.1f} s.\n\n"
-            + "".join(f"![preview]({p.name})\n" for p in previews))
-    _replace_section(image_dir / "card.md", "Image realism (measured)", body)
-    bundles.write_manifest(mask_dir)
-    bundles.write_manifest(image_dir)
+    replace_sections(image_dir, {IMAGE_REALISM: realism})

@@ -1,0 +1,61 @@
+"""Model cards (training/cards.py): the texts the committed bundles' cards were written from, and how a card's
+sections are replaced (the manifest follows every change)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from VentricleSynthLib.bundles import format as bundles
+
+from training.cards import generator_card, replace_section, replace_sections, segmenter_card, write_card
+
+MODELS = Path(__file__).resolve().parents[2] / "VentricleSynth" / "Resources" / "Models"
+
+
+def _committed(name: str) -> tuple[dict, str]:
+    if not (MODELS / name / "card.md").is_file():
+        pytest.skip(f"no committed {name} bundle")
+    return json.loads((MODELS / name / "config.json").read_text()), (MODELS / name / "card.md").read_text()
+
+
+def test_the_committed_segmenter_card_is_its_config_and_metrics():
+    config, card = _committed("segmenter")
+    text = segmenter_card(config, config["training"]["metrics"])
+    # line for line; the `Use:` line names the library's segment_file wherever the library keeps it now
+    assert [line for line in text.splitlines() if not line.startswith("Use: ")] == \
+        [line for line in card.splitlines() if not line.startswith("Use: ")]
+    assert len(text.splitlines()) == len(card.splitlines()) and text.endswith("\n") == card.endswith("\n")
+
+
+def test_the_committed_image_generator_card_starts_with_its_config():
+    config, card = _committed("image_generator")
+    text = generator_card(config, "Image generator: SPADE latent diffusion model, label map -> T1-like MRI")
+    assert card.startswith(text) and card[len(text):].startswith("\n## Image realism (measured)\n")
+
+
+def test_sections_are_replaced_in_place_or_appended():
+    text = "# Title\n\n- a line\n\n## One\nold one\n\n## Two\nold two\n"
+    assert replace_section(text, "One", "new one\n") == "# Title\n\n- a line\n\n## One\nnew one\n\n## Two\nold two\n"
+    assert replace_section(text, "Two", "new two\n") == "# Title\n\n- a line\n\n## One\nold one\n\n## Two\nnew two\n"
+    assert replace_section("# Title\n\n- a line\n", "Three", "three\n") == "# Title\n\n- a line\n\n## Three\nthree\n"
+    assert replace_section("", "Three", "three\n") == "\n\n## Three\nthree\n"
+
+
+def test_changing_a_card_rewrites_the_manifest(tmp_path):
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    write_card(folder, "# A bundle\n")
+    assert bundles.verify(folder)["files"].keys() == {"config.json", "card.md"}
+    replace_sections(folder, {"Measured": "numbers\n", "Other": "more\n"})
+    assert (folder / "card.md").read_text() == "# A bundle\n\n## Measured\nnumbers\n\n## Other\nmore\n"
+    bundles.verify(folder)  # the manifest follows the card
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    replace_sections(copy, {"Measured": "other numbers\n"})
+    assert (copy / "card.md").read_text() == "# A bundle\n\n## Measured\nother numbers\n\n## Other\nmore\n"
+    bundles.verify(copy)

@@ -1,0 +1,153 @@
+"""Training the segmenter with nnU-Net's trainer: the schedule the config asks for, resume and its extensions.
+
+`nnUNetTrainerNoMirroring` (the labels are lateralised), subclassed when the config's epochs and iterations
+differ from nnU-Net's defaults. The class is handed to nnU-Net directly (no trainer lookup by name); resume uses
+nnU-Net's own checkpoints and `run_training.maybe_load_checkpoint`. With `num_gpus > 1` (CUDA, default
+schedule only) nnU-Net's `run_training` does DDP. nnunetv2 is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from VentricleSynthLib.errors import ConfigError
+from VentricleSynthLib.io.atomic import write_text
+
+from training.loop import TrainingError
+from training.segmenter.planning import CONFIGURATION, PLANS
+from training.stage_configs import SegmenterConfig
+
+EXTENSIONS_FILE = "schedule_extensions.json"  # beside nnU-Net's checkpoints: --resume runs that added epochs
+NNUNET_DEFAULT_SCHEDULE = {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations_per_epoch": 50}
+
+
+def is_default_schedule(schedule: dict) -> bool:
+    return all(int(schedule[k]) == v for k, v in NNUNET_DEFAULT_SCHEDULE.items()) and "initial_lr" not in schedule
+
+
+def trainer_class(schedule: dict):
+    """nnU-Net's trainer for this schedule: `nnUNetTrainerNoMirroring` for the defaults, else a subclass of it.
+
+    Mirroring is off because the labels are lateralised: nnU-Net's default flips along every axis turn a
+    left lateral ventricle into a right one, so the network learns the two as one blurred class (the first
+    cpu segmenter split its union probability between them and under-segmented by 5.7 mL). Inputs always
+    reach the network in the profile's RAS orientation, so flips buy no invariance worth that.
+    """
+    import torch
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
+        nnUNetTrainerNoMirroring)
+
+    if is_default_schedule(schedule):
+        return nnUNetTrainerNoMirroring
+
+    class VentricleSynthTrainer(nnUNetTrainerNoMirroring):
+        """nnUNetTrainerNoMirroring with epochs, iterations, checkpoint interval (and lr) from the config."""
+
+        SCHEDULE = dict(schedule)
+
+        def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                     device: torch.device = torch.device("cuda")):
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            s = self.SCHEDULE
+            self.num_epochs = int(s["epochs"])
+            self.num_iterations_per_epoch = int(s["iterations_per_epoch"])
+            self.num_val_iterations_per_epoch = int(s["val_iterations_per_epoch"])
+            self.save_every = int(s.get("checkpoint_every", 1))
+            if "initial_lr" in s:
+                self.initial_lr = float(s["initial_lr"])
+
+    return VentricleSynthTrainer
+
+
+def nnunet_device(name: str):
+    """The torch device nnU-Net trains on for a device name (CUDA: the first visible GPU)."""
+    import torch
+
+    from VentricleSynthLib.devices import resolve_device
+
+    device = resolve_device(name)
+    return torch.device("cuda", 0) if device.type == "cuda" else device
+
+
+def train(dataset_id: int, settings: SegmenterConfig, resume: bool = False, progress=print) -> tuple[Path, float]:
+    """Train (or continue) fold `settings.fold`; returns the trainer's output folder base and training seconds."""
+    import torch
+    from nnunetv2.run.run_training import maybe_load_checkpoint, run_training
+    from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
+
+    name = convert_id_to_dataset_name(dataset_id)
+    pre = Path(os.environ["nnUNet_preprocessed"]) / name
+    cls = trainer_class(settings.trainer)
+    fold = settings.fold
+    base = Path(os.environ["nnUNet_results"]) / name / f"{cls.__name__}__{PLANS}__{CONFIGURATION}"
+    fold_dir = base / f"fold_{fold}"
+    existing = sorted(fold_dir.glob("checkpoint_*.pth")) if fold_dir.is_dir() else []
+    if existing and not resume:
+        raise TrainingError(f"{fold_dir} already holds nnU-Net checkpoints ({', '.join(p.name for p in existing)}): "
+                            f"pass --resume to continue, or use another --work folder")
+    start = time.time()
+    final = fold_dir / "checkpoint_final.pth"
+    if resume and final.is_file():
+        done, wanted = trained_epochs(final), int(settings.trainer["epochs"])
+        if done >= wanted:
+            progress(f"segmenter: {name} already trained ({final}, {done} epochs)")
+            return base, 0.0
+        progress(f"segmenter: {name} trained {done} epochs; continuing to {wanted} "
+                 f"(nnU-Net's poly learning rate picks up at epoch {done} of {wanted})")
+        latest = fold_dir / "checkpoint_latest.pth"  # an interrupted extension: nnU-Net itself would reload final
+        continued_from = latest if latest.is_file() and trained_epochs(latest) > done else final
+        extensions = schedule_extensions(fold_dir)
+        if {"from_epoch": done, "to_epoch": wanted} not in extensions:
+            text = json.dumps(extensions + [{"from_epoch": done, "to_epoch": wanted}])
+            write_text(fold_dir / EXTENSIONS_FILE, text)
+    else:
+        continued_from = None
+    device = nnunet_device(settings.device)
+    num_gpus = int(settings.num_gpus)
+    if num_gpus > 1:
+        if device.type != "cuda" or cls.__name__ != "nnUNetTrainerNoMirroring":
+            raise ConfigError("segmenter.num_gpus > 1 needs CUDA and nnU-Net's default schedule")
+        run_training(str(dataset_id), CONFIGURATION, fold, cls.__name__, PLANS, num_gpus=num_gpus,
+                     continue_training=resume, device=device)
+        return base, time.time() - start
+    plans = json.loads((pre / f"{PLANS}.json").read_text())
+    plans["continue_training"] = bool(resume)
+    dataset_json = json.loads((pre / "dataset.json").read_text())
+    trainer = cls(plans=plans, configuration=CONFIGURATION, fold=fold, dataset_json=dataset_json, device=device)
+    if continued_from is not None:
+        trainer.load_checkpoint(str(continued_from))
+    else:
+        maybe_load_checkpoint(trainer, resume, False)
+    if torch.cuda.is_available() and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    trainer.run_training()
+    if settings.final_validation:
+        trainer.perform_actual_validation()
+    return base, time.time() - start
+
+
+def schedule_extensions(fold_dir: Path) -> list[dict]:
+    """The --resume extensions of a finished training ([{"from_epoch", "to_epoch"}], oldest first), for the card."""
+    history = Path(fold_dir) / EXTENSIONS_FILE
+    return json.loads(history.read_text()) if history.is_file() else []
+
+
+def trained_epochs(checkpoint: Path) -> int:
+    """Epochs a finished nnU-Net checkpoint has trained (a larger `epochs` in the config extends it on --resume)."""
+    import torch
+
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=False)["current_epoch"])
+
+
+def training_seconds(checkpoint: Path) -> float:
+    """Seconds of training over all sessions, from nnU-Net's own per-epoch timestamps in the checkpoint."""
+    import torch
+
+    if not Path(checkpoint).is_file():
+        return 0.0
+    log = torch.load(checkpoint, map_location="cpu", weights_only=False).get("logging", {})
+    starts, ends = log.get("epoch_start_timestamps", []), log.get("epoch_end_timestamps", [])
+    return float(sum(e - s for s, e in zip(starts, ends)))
