@@ -1,5 +1,7 @@
-"""Shared fixtures: small synthetic NIfTI files, voxel->world affines, a CLI runner, and the models folder
-for real worker runs.
+"""Shared fixtures: small synthetic NIfTI files, voxel->world affines, a CLI runner, the models folder for real
+worker runs, and tiny generator and segmenter models trained once per test session (`trained`, `tiny_segmenter`).
+Plain helpers that tests import live in testing_helpers.py (several conftest.py files exist, so `conftest` is not
+an importable name).
 
 Real worker runs use, in order: $VENTRICLESYNTH_TEST_MODELS, the bundled VentricleSynth/Resources/Models, or
 small *random-weight* bundles written here (plumbing only: no training, no quality claims).
@@ -15,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from testing_helpers import run_train, tiny_generator_config, tiny_segmenter_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,12 +30,6 @@ def _rotation(axis: str, degrees: float) -> np.ndarray:
     if axis == "y":
         return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-
-
-def voxel_world(shape, affine) -> np.ndarray:
-    """(3, *shape) world coordinates (mm) of every voxel centre."""
-    ijk = np.indices(shape).reshape(3, -1).astype(float)
-    return (affine[:3, :3] @ ijk + affine[:3, 3:4]).reshape((3,) + tuple(shape))
 
 
 def _make_affine(spacing=(1.0, 1.0, 1.0), rotation_deg: float = 0.0, axis: str = "z", lps: bool = False,
@@ -147,45 +144,6 @@ def models(tmp_path_factory):
     if (bundled / "mask_generator").is_dir() and (bundled / "image_generator").is_dir():
         return bundled, "bundled"
     return _random_bundles(tmp_path_factory.mktemp("random-models")), "random"
-
-
-# --- models trained for the tests (tiny profile, a few steps): each trained once per test session ---------------
-TRAIN = [sys.executable, str(REPO_ROOT / "training" / "train.py")]
-TRAIN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"}
-
-
-def run_train(*args, timeout: float = 3600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python training/train.py ARGS...` from the repository root, one thread, no nnU-Net worker processes."""
-    return subprocess.run([*TRAIN, *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env or TRAIN_ENV)
-
-
-def tiny_generator_config(folder: Path, **train_overrides) -> Path:
-    """folder/tiny_test.yaml: the tiny config with a small cohort and some generator stages' train settings changed
-    (stage -> dict)."""
-    import yaml
-
-    config = yaml.safe_load((REPO_ROOT / "training" / "configs" / "tiny.yaml").read_text())
-    config["data"]["natural"]["count"] = 8
-    config["data"]["enlarged"]["count"] = 0
-    config["data"]["uniform"]["count"] = 6
-    for stage, values in train_overrides.items():
-        config["generators"][stage]["train"].update(values)
-    path = Path(folder) / "tiny_test.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def tiny_segmenter_config(path: Path, **segmenter) -> Path:
-    """The tiny config with a small cohort (8 natural, 2 enlarged) and the segmenter section updated."""
-    import yaml
-
-    config = yaml.safe_load((REPO_ROOT / "training" / "configs" / "tiny.yaml").read_text())
-    config["data"].update({"workers": 1, "natural": {"count": 8, "val_fraction": 0.25},
-                           "enlarged": {"count": 2, "low_ml": 60, "high_ml": 150}, "uniform": {"count": 0}})
-    config["segmenter"] = {**config.get("segmenter", {}), **segmenter}
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TRAIN_ENV
+from testing_helpers import TRAIN_ENV
 
 from VentricleSynthLib.cohorts.distributions import parse, sample_seed
 from VentricleSynthLib.cohorts.request import owned, parse_shard

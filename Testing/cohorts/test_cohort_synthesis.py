@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import TRAIN, TRAIN_ENV
+from testing_helpers import TRAIN, TRAIN_ENV
 
 from VentricleSynthLib.cohorts.distributions import sample_seed
 from VentricleSynthLib.io.nifti import load_image

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TRAIN_ENV
+from testing_helpers import TRAIN_ENV
 
 from VentricleSynthLib.bundles import format as bundles
 from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import voxel_world
+from testing_helpers import voxel_world
 
 from VentricleSynthLib.imaging.geometry import (
     Grid,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import voxel_world
+from testing_helpers import voxel_world
 
 from VentricleSynthLib.errors import GeometryMismatchError
 from VentricleSynthLib.imaging.profile import Preprocessed, Profile, to_input_grid, to_profile

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TRAIN_ENV
+from testing_helpers import TRAIN_ENV
 
 from VentricleSynthLib.bundles import format as bundles
 from VentricleSynthLib.errors import OutputError

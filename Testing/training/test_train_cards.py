@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from VentricleSynthLib.bundles import format as bundles
-
 from training.cards import generator_card, replace_section, replace_sections, segmenter_card, write_card
+from VentricleSynthLib.bundles import format as bundles
 
 MODELS = Path(__file__).resolve().parents[2] / "VentricleSynth" / "Resources" / "Models"
 

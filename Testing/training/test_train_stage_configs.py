@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from VentricleSynthLib.errors import ConfigError
-
 from training.config import PROFILES, Config, load_config
-from training.stage_configs import (DataConfig, ExperimentConfig, GeneratorsConfig, RegistrationConfig,
-                                    SegmenterConfig, SynthesizeConfig)
+from training.stage_configs import (
+    DataConfig,
+    ExperimentConfig,
+    GeneratorsConfig,
+    RegistrationConfig,
+    SegmenterConfig,
+    SynthesizeConfig,
+)
+from VentricleSynthLib.errors import ConfigError
 
 
 def _config(**sections) -> Config:

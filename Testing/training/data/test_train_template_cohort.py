@@ -13,8 +13,8 @@ from training.data.template_cohort import TemplateCohort, TemplateCohortSettings
 from training.data.templates import build_label_map, load_committed
 from training.data.warps import integrate_velocity, random_velocity
 from VentricleSynthLib.imaging.geometry import ras_grid
-from VentricleSynthLib.labels import LABELS, VENTRICLE_LABELS
 from VentricleSynthLib.io.nnunet_raw import list_cases, load_case, read_dataset_json
+from VentricleSynthLib.labels import LABELS, VENTRICLE_LABELS
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -127,12 +127,11 @@ def test_synthetic_pairs_come_from_the_cohort_synthesis_with_the_papers_buckets(
     """The experiment's synthetic set is `synthesize` with `buckets` (bundled cpu generators, few steps)."""
     from dataclasses import replace
 
-    from VentricleSynthLib.bundles.store import MASK
-    from VentricleSynthLib.generation.generators import MaskGenerator
-
     from training.experiment.synthetic import generate_synthetic, synthetic_pairs
     from training.segmenter.raw_export import pair_cases
     from training.stage_configs import ExperimentConfig
+    from VentricleSynthLib.bundles.store import MASK
+    from VentricleSynthLib.generation.generators import MaskGenerator
 
     models = REPO / "VentricleSynth" / "Resources" / "Models"
     if not (models / MASK).is_dir():

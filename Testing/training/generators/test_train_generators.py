@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TRAIN, TRAIN_ENV, tiny_generator_config
+from testing_helpers import TRAIN, TRAIN_ENV, tiny_generator_config
 
 from VentricleSynthLib.bundles import format as bundles
 from VentricleSynthLib.generation.networks import (

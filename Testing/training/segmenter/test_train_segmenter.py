@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import run_train
+from testing_helpers import run_train
 
 from training.config import Config
 from training.stage_configs import SegmenterConfig
