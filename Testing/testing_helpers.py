@@ -54,3 +54,56 @@ def tiny_segmenter_config(path: Path, **segmenter) -> Path:
     config["segmenter"] = {**config.get("segmenter", {}), **segmenter}
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Everything under `root` (hidden files too; `root` itself if it is a file): sha256 (or '<dir>', or a symlink's
+    target) and permission bits, to show that a command changed nothing."""
+    import hashlib
+
+    def state(path: Path) -> tuple[str, int]:
+        if path.is_symlink():
+            return f"-> {os.readlink(path)}", 0
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "<dir>"
+        return digest, path.stat().st_mode & 0o777
+
+    root = Path(root)
+    if not root.is_dir() or root.is_symlink():
+        return {".": state(root)} if root.exists() or root.is_symlink() else {}
+    return {str(p.relative_to(root)): state(p) for p in sorted(root.rglob("*"))}
+
+
+def assert_one_error(returncode: int, stderr: str, *words: str) -> str:
+    """A user error as the house promises: exit 2, no traceback, exactly one `error:` line on stderr, the last one
+    (warnings may come before it), naming `words`."""
+    assert returncode == 2, (returncode, stderr)
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and errors == lines[-1:], stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+def labelled_heads_folder(root: Path, cases: int = 2, shape=(30, 36, 30)) -> Path:
+    """A plain folder `CASE/t1.nii.gz` + `CASE/seg.nii.gz` of small synthetic heads (FreeSurfer labels, 2 mm)."""
+    import nibabel as nib
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -(np.asarray(shape) - 1)
+    ijk = np.indices(shape).astype(float)
+    c = (np.asarray(shape) - 1) / 2
+    r = np.sqrt(sum(((ijk[i] - c[i]) / rad) ** 2 for i, rad in enumerate((12, 15, 12))))
+    for k in range(cases):
+        lab = np.zeros(shape, np.int16)
+        lab[r < 1.0] = 24
+        lab[r < 0.9] = 2
+        lab[10:13, 13:21 + k % 5, 13:17] = 4
+        lab[17:20, 13:21 + k % 5, 13:17] = 43
+        img = np.where(lab == 2, 110.0, np.where(lab > 0, 25.0, 0.0))
+        img = (img + np.random.default_rng(k).normal(0, 2.0, shape)).astype(np.float32)
+        for name, array in (("t1.nii.gz", img), ("seg.nii.gz", lab)):
+            (root / f"case{k:03d}").mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(array, affine), str(root / f"case{k:03d}" / name))
+    return root

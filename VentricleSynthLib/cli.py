@@ -20,8 +20,13 @@ def _cmd_info(args) -> int:
     import numpy
     import torch
 
-    from VentricleSynthLib.bundles.store import describe, models_dir
+    from VentricleSynthLib.bundles.store import BUNDLED, ENVIRONMENT_VARIABLE, describe, models_dir
 
+    root = models_dir(args.models)
+    if not root.is_dir():
+        source = "--models" if args.models else ENVIRONMENT_VARIABLE if root != BUNDLED else "the bundled models"
+        state = "is not a folder" if root.exists() else "does not exist"
+        raise RequestError(f"models folder {root} ({source}) {state}")
     info = {
         "ventriclesynth": __version__,
         "python": sys.version.split()[0],
@@ -30,7 +35,7 @@ def _cmd_info(args) -> int:
         "nibabel": nibabel.__version__,
         "numpy": numpy.__version__,
         "cuda": torch.cuda.is_available(),
-        "models_dir": str(models_dir(args.models)),
+        "models_dir": str(root),
         "models": describe(args.models),
     }
     print(json.dumps(info, indent=2))
@@ -38,12 +43,13 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    """Validate an image (and optionally its label map) and print its geometry and volumes."""
-    from VentricleSynthLib.io.nifti import check_same_grid, load_image, load_label_map
+    """Validate an image (and optionally its label map) and print its geometry, volumes and warnings."""
+    from VentricleSynthLib.io.nifti import check_same_grid, load_image, load_label_map, orientation_warnings
     from VentricleSynthLib.labels import mapping_from_spec
     from VentricleSynthLib.volumes import volume_report
 
     image = load_image(args.image)
+    mapping = mapping_from_spec(args.mapping)
     result = {
         "image": str(args.image),
         "shape": list(image.shape),
@@ -51,12 +57,33 @@ def _cmd_check(args) -> int:
         "orientation": image.axcodes,
         "intensity_range": [float(image.array.min()), float(image.array.max())],
     }
+    warnings = orientation_warnings(image)
     if args.label:
-        label = load_label_map(args.label, mapping=mapping_from_spec(args.mapping))
+        label = load_label_map(args.label, mapping=mapping)
         check_same_grid(image, label)
         result.update(volume_report(label.array, label.affine))
+        warnings += _mapping_warnings(args.label, mapping)
+    result["warnings"] = warnings
     print(json.dumps(result))
     return 0
+
+
+def _mapping_warnings(path, mapping) -> list[str]:
+    """A map read with a non-FreeSurfer --mapping that is also a valid FreeSurfer-numbered map is suspicious:
+    every real CerebrA map holds numbers FreeSurfer lacks (left-hemisphere labels 52..102, 1, 6, 9, ...)."""
+    from VentricleSynthLib.errors import VentricleSynthError
+    from VentricleSynthLib.io.nifti import load_label_map
+
+    if mapping is None:
+        return []
+    try:
+        load_label_map(path)
+    except VentricleSynthError:
+        return []
+    message = (f"every label number of {path} is a FreeSurfer/SynthSeg number: is it FreeSurfer-numbered? Read "
+               f"through --mapping {mapping.name}, its volumes are likely wrong (for FreeSurfer numbers leave out "
+               f"--mapping)")
+    return [message]
 
 
 _COHORT_OPTIONS = ("distribution", "format", "shard", "batch_size", "qc_min_dice")
@@ -66,9 +93,12 @@ def _cmd_generate(args) -> int:
     if any(getattr(args, k) is not None for k in _COHORT_OPTIONS):
         return _generate_cohort(args)
     from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
+    from VentricleSynthLib.cohorts.distributions import check_seed
+    from VentricleSynthLib.command_line import print_warning
+    from VentricleSynthLib.devices import resolve_device
     from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator
     from VentricleSynthLib.generation.pairs import generate_pairs, settings_for
-    from VentricleSynthLib.generation.sample_folder import write_sample
+    from VentricleSynthLib.generation.sample_folder import check_samples_out, write_sample
     from VentricleSynthLib.io.atomic import writable_dir
 
     if args.ventricle_ml is None:
@@ -76,17 +106,24 @@ def _cmd_generate(args) -> int:
     args.count = 1 if args.count is None else args.count
     if args.count < 1:
         raise RequestError(f"--count must be >= 1, got {args.count}")
+    check_seed(args.seed)
+    check_seed(args.seed + args.count - 1)  # sample k uses seed + k
+    resolve_device(args.device)  # before any model loads
+    check_samples_out(args.out)
     mask = MaskGenerator(bundle_path(MASK, args.models), args.device)
-    mask.check_volume(args.ventricle_ml)
+    warnings = mask.check_volume(args.ventricle_ml)
     mask.settings(args.guidance, args.steps, args.candidates)  # a bad request fails before the image model loads
     image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
     settings = settings_for(mask, image, args.guidance, args.steps, args.candidates)
     out = writable_dir(args.out)
+    for warning in warnings:
+        print_warning(warning)
     for k in range(args.count):
         pair = generate_pairs(mask, image, [args.ventricle_ml], [args.seed + k], settings)[0]
         folder = write_sample(out, k, pair.image, pair.label, pair.affine, pair.record)
         print(json.dumps({"sample": str(folder), **{key: pair.record[key] for key in
-                                                    ("asked_ml", "got_ml", "seed", "seconds")}}), flush=True)
+                                                    ("asked_ml", "got_ml", "seed", "seconds", "warnings")}}),
+              flush=True)
     return 0
 
 

@@ -1,9 +1,9 @@
 """Model bundles: a folder with config.json, *.safetensors weights, card.md and a sha256 manifest.
 
 Weights are stored as float16 and loaded as float32. Loading verifies every file in the manifest
-before anything is read, and never unpickles code (safetensors + JSON only). torch and safetensors are
-imported only to read or write weights: finding, verifying and describing bundles is torch-free (Slicer's
-own process does it).
+before anything is read, refuses a manifest that leaves out a file the loader reads (`loader_files`), and
+never unpickles code (safetensors + JSON only). torch and safetensors are imported only to read or write
+weights: finding, verifying and describing bundles is torch-free (Slicer's own process does it).
 """
 
 from __future__ import annotations
@@ -49,30 +49,70 @@ def write_manifest(folder: Path) -> dict:
     return manifest
 
 
-def verify(folder: Path) -> dict:
-    """Check the manifest's checksums; returns the manifest. Raises BundleError on any mismatch."""
+GENERATOR_WEIGHTS = ("autoencoder", "unet")  # what generation.generators loads from a generator bundle
+
+
+def loader_files(config: dict) -> list[str]:
+    """Every file a loader reads from a bundle with this config.json: the config itself; a generator's (config
+    "architecture") autoencoder and unet weights; a segmenter's (config "nnunet") plans.json, dataset.json
+    and the checkpoint of each fold it loads."""
+    files = [CONFIG]
+    if "architecture" in config:
+        files += [f"{name}.safetensors" for name in GENERATOR_WEIGHTS]
+    nn = config.get("nnunet")
+    if isinstance(nn, dict) and "model_folder" in nn:
+        model = str(nn["model_folder"]).rstrip("/")
+        checkpoint = nn.get("checkpoint", "checkpoint_final.pth")
+        files += [f"{model}/plans.json", f"{model}/dataset.json"]
+        files += [f"{model}/fold_{fold}/{checkpoint}" for fold in nn.get("folds") or []]
+    return files
+
+
+def verify(folder: Path, required: tuple[str, ...] | list[str] = ()) -> dict:
+    """Check the manifest's checksums, and that the manifest covers config.json, every file its loader reads
+    (`loader_files`) and `required`; returns the manifest. Raises BundleError on any mismatch or omission."""
     folder = Path(folder)
     if not folder.is_dir():
         raise BundleError(f"model bundle {folder} does not exist")
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         files = manifest["files"]
-    except (OSError, ValueError, KeyError):
+        if not isinstance(files, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
         raise BundleError(f"model bundle {folder} has no valid {MANIFEST}") from None
-    for rel, expected in files.items():
+
+    def check(rel: str) -> None:
         path = folder / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise BundleError(f"model bundle {folder}: {MANIFEST} names a file outside the bundle ({rel})")
         if not path.is_file():
             raise BundleError(f"model bundle {folder}: missing file {rel}")
-        if sha256(path) != expected:
+        if sha256(path) != files[rel]:
             raise BundleError(f"model bundle {folder}: checksum mismatch for {rel} (corrupted or modified)")
+
+    if CONFIG not in files:
+        raise BundleError(f"model bundle {folder}: {MANIFEST} does not cover {CONFIG} (not verified; refused)")
+    check(CONFIG)
+    needed = list(dict.fromkeys([*loader_files(read_config(folder)), *required]))
+    uncovered = [rel for rel in needed if rel not in files]
+    if uncovered:
+        raise BundleError(f"model bundle {folder}: {MANIFEST} does not cover {', '.join(uncovered)}, which the "
+                          f"loader reads (not verified; refused)")
+    for rel in files:
+        if rel != CONFIG:
+            check(rel)
     return manifest
 
 
 def read_config(folder: Path) -> dict:
     try:
-        return json.loads((Path(folder) / CONFIG).read_text())
+        config = json.loads((Path(folder) / CONFIG).read_text())
     except (OSError, ValueError) as exc:
         raise BundleError(f"model bundle {folder}: cannot read {CONFIG} ({exc})") from None
+    if not isinstance(config, dict):
+        raise BundleError(f"model bundle {folder}: {CONFIG} is not a JSON object")
+    return config
 
 
 def load_weights(folder: Path, name: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

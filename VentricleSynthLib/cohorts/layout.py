@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from VentricleSynthLib.generation.sample_folder import write_sample
+from VentricleSynthLib.generation.sample_folder import remove_stale_staging, write_sample
 from VentricleSynthLib.io.atomic import write_csv, write_json
 from VentricleSynthLib.io.nifti import Volume, load_image, load_label_map
 from VentricleSynthLib.io.nnunet_raw import image_path, label_path, load_case, schema_dataset_json, write_case
@@ -125,10 +125,11 @@ class SamplesLayout:
         return json.loads((self._existing(index) / "sample.json").read_text())
 
     def clear(self, index: int) -> None:
-        """Remove staging folders an interrupted write left (a sample folder only appears whole)."""
+        """Remove staging folders an interrupted (killed) write left; a live process's are kept (a sample folder
+        only appears whole)."""
         for parent in (self.root, self.root / REJECTED):
-            for p in parent.glob(f".{self.case(index)}.*") if parent.is_dir() else []:
-                shutil.rmtree(p, ignore_errors=True)
+            if parent.is_dir():
+                remove_stale_staging(parent, index)
 
     def write(self, index: int, image: np.ndarray, label: np.ndarray, affine: np.ndarray, record: dict,
               keep: bool = True) -> None:

@@ -37,7 +37,7 @@ RUN_FILE = "synthesis.json"
 CASE_FIELDS = ["case", "index", "asked_ml", "got_ml", "seed", "guidance", "steps", "image_steps", "candidates",
                "seconds", "qc",
                "qc_dice", "qc_seg_ml", "volume_error_ml", "components", "largest_component_fraction", "included",
-               "tiv_ml", "batch_size", "device", "qc_model", "qc_note"]
+               "tiv_ml", "batch_size", "device", "qc_model", "qc_note", "warnings"]
 
 
 def _check_out(out: Path) -> None:
@@ -106,7 +106,8 @@ def row(record: dict, included: bool, min_dice: float | None) -> dict:
             "qc_model": f"{model['name']} {model['sha256'][:12]}" if model else "",
             "image_steps": record["steps"]["image"], "qc": ";".join(qc) or "ok", "included": included,
             "qc_dice": "" if record.get("qc_dice") is None else record["qc_dice"],
-            "qc_seg_ml": "" if record.get("qc_seg_ml") is None else record["qc_seg_ml"]}
+            "qc_seg_ml": "" if record.get("qc_seg_ml") is None else record["qc_seg_ml"],
+            "warnings": "; ".join(record.get("warnings") or [])}
 
 
 def assemble(out: Path, layout, run: dict, min_dice: float | None = None, report: bool = True) -> dict:
@@ -162,7 +163,8 @@ def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> di
     blocks = -(-count // batch)
     volumes = np.round(dist.volumes(blocks * batch, seed), 3)  # whole blocks: see the module docstring
     for v in np.unique(volumes):
-        mask.check_volume(float(v))
+        mask.check_volume(float(v))  # one out of bounds refuses the cohort before anything is written
+    _warn_outside_range(mask, volumes[:count])
     settings = settings_for(mask, image, request.guidance, request.steps, request.candidates)
     # batch size and device type decide the values (batched kernels) and the batch size which shard owns what
     run = {"format": request.format, "distribution": dist.spec, "seed": seed, "guidance": settings.guidance,
@@ -238,6 +240,20 @@ def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> di
         f"{'%.2f s per sample' % per_sample if generated else 'nothing generated'}, median Dice "
         f"{'n/a' if result['median_dice'] is None else format(result['median_dice'], '.3f')} -> {out}")
     return result
+
+
+def _warn_outside_range(mask, volumes: np.ndarray) -> None:
+    """One `warning:` line on stderr for the cohort's volumes outside the trained range (each record says so)."""
+    from VentricleSynthLib.command_line import print_warning
+
+    warned = sorted({float(v) for v in volumes if mask.check_volume(float(v))})
+    if len(warned) == 1:
+        print_warning(mask.check_volume(warned[0])[0])
+    elif warned:
+        lo, hi = mask.trained_range_ml
+        print_warning(f"{sum(1 for v in volumes if float(v) in warned)} of the cohort's volumes ({warned[0]:g}-"
+                      f"{warned[-1]:g} mL) lie outside the trained range {lo:.1f}-{hi:.1f} mL: the model "
+                      f"extrapolates there; their records carry a warning")
 
 
 def _bar(total: int, initial: int, desc: str, enabled: bool):

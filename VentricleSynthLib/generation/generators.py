@@ -15,7 +15,6 @@ import torch
 from VentricleSynthLib.bundles import format as bundles
 from VentricleSynthLib.bundles.store import IMAGE, MASK
 from VentricleSynthLib.devices import resolve_device
-from VentricleSynthLib.errors import RequestError
 from VentricleSynthLib.generation.networks import (
     condition,
     image_autoencoder,
@@ -25,7 +24,7 @@ from VentricleSynthLib.generation.networks import (
     mask_unet_input,
 )
 from VentricleSynthLib.generation.sampler import ddim_sample, guided, initial_noise
-from VentricleSynthLib.generation.settings import SamplingSettings, bundle_sampling, resolve
+from VentricleSynthLib.generation.settings import SamplingSettings, bundle_sampling, check_volume, resolve
 from VentricleSynthLib.labels import MAIN_CLASSES, from_indices, one_hot, to_indices
 from VentricleSynthLib.morphology import connected_components, largest_piece
 from VentricleSynthLib.progress import ProgressCallback
@@ -52,7 +51,7 @@ class _LatentDiffusion:
 
     def __init__(self, folder: Path, device: str | None = None):
         self.folder = Path(folder)
-        bundles.verify(self.folder)
+        bundles.verify(self.folder, required=[f"{name}.safetensors" for name in bundles.GENERATOR_WEIGHTS])
         self.config = bundles.read_config(self.folder)
         self.device = resolve_device(device)
         self.scale_factor = float(self.config["scale_factor"])
@@ -105,14 +104,9 @@ class MaskGenerator(_LatentDiffusion):
     def normalise(self, volume_ml: float) -> float:
         return (volume_ml - self.v_min) / (self.v_max - self.v_min)
 
-    def check_volume(self, volume_ml: float) -> None:
-        """A positive volume within a quarter of the trained span around the trained range."""
-        if not np.isfinite(volume_ml) or volume_ml <= 0:
-            raise RequestError(f"ventricle volume must be a positive number of mL, got {volume_ml}")
-        span = self.v_max - self.v_min
-        if not (self.v_min - 0.25 * span <= volume_ml <= self.v_max + 0.25 * span):
-            raise RequestError(f"ventricle volume {volume_ml:g} mL is far outside the trained range "
-                               f"{self.v_min:.0f}-{self.v_max:.0f} mL")
+    def check_volume(self, volume_ml: float) -> list[str]:
+        """`settings.check_volume` for this bundle's trained range: the warnings, or a RequestError."""
+        return check_volume(volume_ml, self.trained_range_ml)
 
     @property
     def affine(self) -> np.ndarray:

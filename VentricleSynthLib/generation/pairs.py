@@ -36,19 +36,19 @@ def settings_for(mask: MaskGenerator, image: ImageGenerator, guidance: float | N
 
 def generate_pairs(mask: MaskGenerator, image: ImageGenerator, volumes: list[float], seeds: list[int],
                    settings: SamplingSettings, progress: ProgressCallback | None = None) -> list[Pair]:
-    """A labelled pair for each (volume, seed), in one batch (seconds shared out among them)."""
+    """A labelled pair for each (volume, seed), in one batch (seconds shared out among them); a record's
+    `warnings` lists what `settings.check_volume` said of its volume (outside the trained range)."""
     if len(volumes) != len(seeds) or not volumes:
         raise ValueError("generate_pairs needs one seed per volume, and at least one volume")
     start = time.perf_counter()
     volumes = [float(v) for v in volumes]
-    for v in volumes:
-        mask.check_volume(v)
+    warnings = [mask.check_volume(v) for v in volumes]
     masks = mask.sample_many(volumes, seeds, settings, progress)
     images = image.sample_many([label for label, _ in masks], seeds, settings.image_steps, progress)
     seconds = (time.perf_counter() - start) / len(volumes)
-    return [Pair(img, label, mask.affine, pair_record(mask, image, v, label, sampled, settings.image_steps, s,
-                                                      seconds))
-            for img, (label, sampled), v, s in zip(images, masks, volumes, seeds)]
+    return [Pair(img, label, mask.affine, {**pair_record(mask, image, v, label, sampled, settings.image_steps, s,
+                                                         seconds), "warnings": w})
+            for img, (label, sampled), v, s, w in zip(images, masks, volumes, seeds, warnings)]
 
 
 def generate_pair(mask: MaskGenerator, image: ImageGenerator, volume_ml: float, guidance: float | None = None,

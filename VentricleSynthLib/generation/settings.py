@@ -18,6 +18,9 @@ from VentricleSynthLib.errors import RequestError
 
 MAX_STEPS = 1000
 MAX_CANDIDATES = 16
+MAX_GUIDANCE = 20.0  # the panel's slider range too; beyond it the mask LDM leaves its trained distribution
+VOLUME_FLOOR_FRACTION = 0.5  # below this fraction of the trained minimum a volume is refused
+VOLUME_MARGIN_FRACTION = 0.25  # above the trained maximum by up to this fraction of the span: a warning
 FALLBACK = {MASK: {"guidance": 4.0, "steps": 50}, IMAGE: {"steps": 50}}
 
 
@@ -48,21 +51,52 @@ class SamplingSettings:
 
 def resolve(mask_sampling: dict, image_sampling: dict | None, guidance=None, steps=None,
             candidates=None) -> SamplingSettings:
-    """Request ⊕ bundle defaults (`steps` given applies to both stages), checked: guidance finite and >= 0,
+    """Request ⊕ bundle defaults (`steps` given applies to both stages), checked: guidance in 0..MAX_GUIDANCE,
     steps integers in 1..MAX_STEPS, candidates an integer in 1..MAX_CANDIDATES. Without `image_sampling`,
     the settings of the mask stage alone."""
     guidance = float(mask_sampling["guidance"] if guidance is None else guidance)
     mask_steps = int(mask_sampling["steps"] if steps is None else steps)
     image_steps = None if image_sampling is None else int(image_sampling["steps"] if steps is None else steps)
     candidates = int(mask_sampling.get("candidates", 1)) if candidates is None else candidates
-    if not math.isfinite(guidance) or guidance < 0:
-        raise RequestError(f"guidance must be >= 0, got {guidance}")
+    if not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
+        raise RequestError(f"guidance must be a number in 0..{MAX_GUIDANCE:g}, got {guidance:g}")
     check_steps(mask_steps)
     if image_steps is not None:
         check_steps(image_steps)
     if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= MAX_CANDIDATES:
         raise RequestError(f"candidates must be an integer in 1..{MAX_CANDIDATES}, got {candidates!r}")
     return SamplingSettings(guidance, mask_steps, image_steps, candidates)
+
+
+def volume_limits(trained_range: tuple[float, float]) -> tuple[float, float]:
+    """(lowest, highest) volume a mask bundle trained on `trained_range` (mL) may be asked: half the trained
+    minimum, and the trained maximum plus a quarter of the span."""
+    v_min, v_max = (float(v) for v in trained_range)
+    return VOLUME_FLOOR_FRACTION * v_min, v_max + VOLUME_MARGIN_FRACTION * (v_max - v_min)
+
+
+def check_volume(volume_ml, trained_range: tuple[float, float]) -> list[str]:
+    """The one volume rule of single samples and cohorts: a volume inside the trained range V_MIN..V_MAX is
+    fine ([]); between half of V_MIN and V_MIN, or between V_MAX and V_MAX + 25 % of the span, it is generated
+    with a warning (returned, for the record and stderr); anything else (not a positive number, below half
+    of V_MIN, beyond the margin) is a RequestError."""
+    v_min, v_max = (float(v) for v in trained_range)
+    try:
+        volume = float(volume_ml)
+    except (TypeError, ValueError):
+        volume = math.nan
+    if isinstance(volume_ml, bool) or not math.isfinite(volume) or volume <= 0:
+        raise RequestError(f"ventricle volume must be a positive number of mL, got {volume_ml!r}")
+    low, high = volume_limits((v_min, v_max))
+    if not low <= volume <= high:
+        raise RequestError(f"ventricle volume {volume:g} mL is far outside the trained range {v_min:.1f}-"
+                           f"{v_max:.1f} mL (this model accepts {low:.1f}-{high:.1f} mL, with a warning outside "
+                           f"the trained range)")
+    if v_min <= volume <= v_max:
+        return []
+    side = "below" if volume < v_min else "above"
+    return [f"ventricle volume {volume:g} mL is {side} the trained range {v_min:.1f}-{v_max:.1f} mL: the model "
+            f"extrapolates, the volume obtained may differ more from the one asked"]
 
 
 def _config(models_dir, kind: str) -> dict | None:

@@ -87,6 +87,18 @@ def to_canonical(volume: Volume) -> Volume:
     return Volume(np.asarray(img.dataobj), np.asarray(img.affine, dtype=np.float64))
 
 
+def canonical_grid(grid: Grid) -> tuple[Grid, np.ndarray | None]:
+    """`grid` with its axes permuted and flipped to the closest RAS storage (as `to_canonical`), and the
+    nibabel orientation that brings an array on the canonical grid back to `grid`'s storage (None: already RAS)."""
+    ornt = nib.orientations.io_orientation(grid.affine)
+    if np.array_equal(ornt, nib.orientations.axcodes2ornt("RAS")):
+        return grid, None
+    affine = grid.affine @ nib.orientations.inv_ornt_aff(ornt, grid.shape)
+    shape = tuple(int(grid.shape[int(i)]) for i in np.argsort(ornt[:, 0]))
+    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
+    return Grid(shape, affine), back
+
+
 def world_bbox(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """World-space (min, max) corners of the voxels where `mask` is true."""
     idx = np.argwhere(mask)

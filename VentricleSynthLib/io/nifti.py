@@ -1,7 +1,15 @@
 """NIfTI reading and writing with validation (written atomically); the `Volume` value type.
 
-A `Volume` is a 3-D numpy array plus its 4x4 voxel->RAS(mm) affine. Readers refuse anything
-that is not a finite, non-empty, single 3-D volume with a typed `InvalidImageError`.
+A `Volume` is a 3-D numpy array plus its 4x4 voxel->RAS(mm) affine (and, when read from a file, that file's
+header). Readers refuse anything that is not a finite, non-constant, single 3-D volume with a typed
+`InvalidImageError`.
+
+Orientation: a NIfTI header holds two voxel->world transforms, the qform and the sform, each with a code
+(0 = absent). nibabel (`Volume.affine` from `load_image`) takes the sform whenever its code is > 0; ITK
+(SimpleITK, Slicer, ITK-SNAP; measured with ITK 5.4) takes the sform only when its code is 1 (scanner), else
+the qform when its code is > 0. When the two disagree, `viewer_affine` is the transform ITK shows, and
+`orientation_warnings` says so; with both codes 0 the orientation is a guess (both readers agree on left/right:
+the first axis runs towards the left).
 """
 
 from __future__ import annotations
@@ -9,7 +17,7 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -27,6 +35,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 class Volume:
     array: np.ndarray
     affine: np.ndarray
+    header: nib.Nifti1Header | None = field(default=None, repr=False, compare=False)  # of the file read
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -55,6 +64,8 @@ def _read(path: Path) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
+    except PermissionError:
+        raise InvalidImageError(f"{path}: permission denied: the file cannot be read by this user") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise InvalidImageError(f"{path}: truncated or corrupt gzip data ({exc.__class__.__name__})") from None
     except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as exc:
@@ -98,8 +109,8 @@ def load_image(path: str | os.PathLike) -> Volume:
     if not np.all(np.isfinite(arr)):
         raise InvalidImageError(f"{path}: image contains NaN or Inf values")
     if arr.max() == arr.min():
-        raise InvalidImageError(f"{path}: image is empty (every voxel is {float(arr.min()):g})")
-    return Volume(arr, _affine(path, img))
+        raise InvalidImageError(f"{path}: image is constant (every voxel is {float(arr.min()):g}): nothing to measure")
+    return Volume(arr, _affine(path, img), img.header)
 
 
 def load_label_map(path: str | os.PathLike, mapping=None, allow_empty: bool = False) -> Volume:
@@ -132,8 +143,55 @@ def check_same_grid(a: Volume, b: Volume, what: str = "image and label map", ato
         raise GeometryMismatchError(f"{what} differ in geometry (affines differ by up to {diff:.3g} mm)")
 
 
-def save_volume(volume: Volume, path: str | os.PathLike, dtype=None) -> Path:
-    """Write a NIfTI atomically. Label maps (integer arrays) are stored as int16 with qform=sform."""
+def viewer_affine(volume: Volume) -> np.ndarray:
+    """The voxel->RAS affine ITK-based viewers show for `volume`'s file (see the module docstring)."""
+    header = volume.header
+    if header is None:
+        return volume.affine
+    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    if qcode > 0 and scode != 1:
+        return np.asarray(header.get_qform(), dtype=np.float64)
+    return volume.affine
+
+
+def orientation_warnings(volume: Volume, atol: float = 1e-3) -> list[str]:
+    """Warnings about `volume`'s header orientation: none stored, or a qform and an sform that disagree."""
+    header = volume.header
+    if header is None:
+        return []
+    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    if qcode == 0 and scode == 0:
+        axes = "".join(nib.aff2axcodes(volume.affine))
+        message = (f"the image stores no orientation (qform_code = sform_code = 0): its axes were taken as {axes}, "
+                   f"so left/right labels rest on a guess")
+        return [message]
+    if qcode > 0 and scode > 0:
+        qform, sform = header.get_qform(), header.get_sform()
+        if not np.allclose(qform, sform, atol=atol):
+            used = "qform" if np.allclose(viewer_affine(volume), qform) else "sform"
+            message = (f"the image's qform ({''.join(nib.aff2axcodes(qform))}) and sform "
+                       f"({''.join(nib.aff2axcodes(sform))}) disagree by up to "
+                       f"{float(np.abs(qform - sform).max()):.3g} mm; the {used} was used, as ITK-based viewers "
+                       f"(Slicer, ITK-SNAP) do, and the output keeps both so it overlays the input exactly")
+            return [message]
+    return []
+
+
+def _copy_geometry(img: nib.Nifti1Image, source: nib.Nifti1Header) -> None:
+    """Give `img` the qform, sform, their codes, voxel sizes and units of `source` (a header of the same grid)."""
+    if tuple(source.get_data_shape()[:3]) != tuple(img.shape[:3]):
+        raise ValueError(f"header of shape {source.get_data_shape()} does not describe an array of {img.shape}")
+    header = img.header
+    for key in ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
+                "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units"):
+        header[key] = source[key]
+    header["pixdim"][:4] = source["pixdim"][:4]
+
+
+def save_volume(volume: Volume, path: str | os.PathLike, dtype=None,
+                geometry_of: nib.Nifti1Header | None = None) -> Path:
+    """Write a NIfTI atomically. Label maps (integer arrays) are stored as int16 with qform=sform, or with the
+    header geometry of `geometry_of` (the input's header: the output then overlays the input in any viewer)."""
     arr = np.asarray(volume.array)
     if dtype is not None:
         arr = arr.astype(dtype)
@@ -145,4 +203,7 @@ def save_volume(volume: Volume, path: str | os.PathLike, dtype=None) -> Path:
     img.set_qform(volume.affine, code=1)
     img.set_sform(volume.affine, code=1)
     img.header.set_xyzt_units("mm")
+    if geometry_of is not None:
+        _copy_geometry(img, geometry_of)
+        img = nib.Nifti1Image(arr, None, header=img.header)  # no affine: nibabel would rewrite the copied forms
     return atomic_write(path, lambda tmp: nib.save(img, tmp))

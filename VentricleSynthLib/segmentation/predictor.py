@@ -18,6 +18,7 @@ A segmenter bundle (`bundles.store.bundle_path(SEGMENTER)`) holds nnU-Net's resu
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import sys
@@ -26,10 +27,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from nibabel.orientations import apply_orientation
 
 from VentricleSynthLib.bundles import format as bundles
 from VentricleSynthLib.devices import resolve_device
-from VentricleSynthLib.imaging.geometry import Grid
+from VentricleSynthLib.imaging.geometry import Grid, canonical_grid
 from VentricleSynthLib.imaging.profile import Profile, to_input_grid, to_profile
 from VentricleSynthLib.io.nifti import Volume
 from VentricleSynthLib.labels import label_name
@@ -126,9 +128,11 @@ class Segmenter:
             network.load_state_dict(parameters[0])
         except RuntimeError as exc:
             raise bundles.BundleError(f"model bundle {self.folder}: weights do not fit the plans ({exc})") from None
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=self.tta,
-                                    perform_everything_on_device=self.device.type == "cuda", device=self.device,
-                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # off CUDA it prints a note that we honour already
+            predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=self.tta,
+                                        perform_everything_on_device=self.device.type == "cuda",
+                                        device=self.device, verbose=False, verbose_preprocessing=False,
+                                        allow_tqdm=False)
         predictor.manual_initialization(network.to(self.device), plans_manager, configuration_manager, parameters,
                                         dataset_json, "nnUNetTrainer", mirror_axes)
         return predictor
@@ -195,7 +199,19 @@ class Segmenter:
 
     def to_input(self, probabilities: np.ndarray, grid: Grid, source: Grid,
                  threshold: float | None = None) -> np.ndarray:
-        """Probabilities on the profile grid -> labels on the input grid (linear, only where ventricles may be)."""
+        """Probabilities on the profile grid -> labels on the input grid (linear, only where ventricles may be).
+
+        The labels are computed on the input grid's RAS-canonical storage (axes permuted and flipped, no
+        interpolation) and brought back: nearest-neighbour ties between the model grid and the input grid then
+        fall the same way however the input is stored (RAS, LPS, ...), so left/right volumes do not depend on
+        storage order; an input stored RAS is computed exactly as before.
+        """
+        canonical, back = canonical_grid(source)
+        labels = self._to_canonical_input(probabilities, grid, canonical, threshold)
+        return labels if back is None else np.ascontiguousarray(apply_orientation(labels, back))
+
+    def _to_canonical_input(self, probabilities: np.ndarray, grid: Grid, source: Grid,
+                            threshold: float | None = None) -> np.ndarray:
         threshold = self.threshold if threshold is None else float(threshold)
         out = np.zeros(source.shape, dtype=np.int16)
         union, scores = union_and_scores(probabilities, self.union_head)

@@ -178,8 +178,16 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 # --------------------------------------------------------------------------------------- commands
 def _generate(args) -> int:
+    from VentricleSynthLib.cohorts.distributions import check_seed
+    from VentricleSynthLib.devices import resolve_device
+    from VentricleSynthLib.generation.sample_folder import check_samples_out
+
     if args.count < 1:
         raise RequestError(f"--count must be >= 1, got {args.count}")
+    check_seed(args.seed)
+    check_seed(args.seed + args.count - 1)  # sample k uses seed + k
+    resolve_device(args.device)
+    check_samples_out(args.out)
     _set_threads(args.threads)
     emit("loading the generators ...")
     from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
@@ -189,12 +197,14 @@ def _generate(args) -> int:
     from VentricleSynthLib.io.atomic import writable_dir
 
     mask = MaskGenerator(bundle_path(MASK, args.models), args.device)
-    mask.check_volume(args.ventricle_ml)
+    warnings = mask.check_volume(args.ventricle_ml)
     mask.settings(args.guidance, args.steps)  # a bad request fails before the image model loads
     image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
     settings = settings_for(mask, image, args.guidance, args.steps)
     guidance, mask_steps, image_steps = settings.guidance, settings.mask_steps, settings.image_steps
     out = writable_dir(args.out)
+    for warning in warnings:
+        print_warning(warning)
     if mask.device.type == "cpu":
         print_warning("running on the CPU: slower than a GPU; the progress line shows the time left")
     emit(f"device {mask.device}; ventricle volume {args.ventricle_ml:g} mL; guidance {guidance:g}; "
@@ -215,7 +225,7 @@ def _generate(args) -> int:
                 ("image", "image.nii.gz"), ("label", "label.nii.gz"), ("preview", "preview.png"),
                 ("record", "sample.json"))},
             **{key: record[key] for key in ("asked_ml", "got_ml", "tiv_ml", "seed", "seconds", "guidance",
-                                            "steps", "device", "models")},
+                                            "steps", "device", "models", "warnings")},
         }))
     return EXIT_OK
 

@@ -2,7 +2,8 @@
 committed template.
 
 Writes `WORK/data/<distribution>/` as nnU-Net raw datasets with `cases.csv` and a montage PNG.
-Cases are written atomically with a per-case record, so a killed run resumes where it stopped.
+Cases are written atomically with a per-case record, so a killed run resumes where it stopped (and the
+rewrite of its interrupted case removes that write's hidden partial file).
 """
 
 from __future__ import annotations

@@ -9,14 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from VentricleSynthLib.io.atomic import write_csv, write_text
+from VentricleSynthLib.io.atomic import refuse_overwriting_inputs, write_csv, write_text
 from VentricleSynthLib.io.figures import png_figure
 from VentricleSynthLib.labels import VENTRICLE_LABELS
 
-from training.evaluation.scoring import discover, evaluate_folder, parse_pred_specs
+from training.evaluation.scoring import discover, evaluate_folder, matched_cases, parse_pred_specs
+from training.outputs import missing_dirs, output_folder, refuse_inside_inputs, remove_if_empty
 
 CASE_FIELDS = ["case", "ref_ml", "pred_ml", "abs_dv_ml", "signed_dv_ml", "dice", "iou", "hd95_mm"]
 METRICS = ("dice", "iou", "abs_dv_ml", "signed_dv_ml", "hd95_mm")
+REPORT_FILES = ("summary.csv", "summary.json", "report.md", "bland_altman.png", "volume_scatter.png",
+                "volumes_by_case.png")
 
 
 # --- summaries -----------------------------------------------------------------------------------
@@ -197,10 +200,26 @@ def finite(o):
 
 def evaluate_sets(pred_specs: list[str], ref_dir: Path, out: Path, pred_mappings: list[str] | None = None,
                   ref_mapping: str | None = None, title: str = "Ventricle segmentation") -> dict:
-    """Stage `evaluate`: score every `[NAME=]DIR` prediction set against `ref_dir`, then the report in `out`."""
+    """Stage `evaluate`: score every `[NAME=]DIR` prediction set against `ref_dir`, then the report in `out`.
+
+    Every input is found and matched, and `out` proved writable and outside the input folders, before the
+    first case is scored; a failed run leaves no folder it created."""
     sets = parse_pred_specs(pred_specs, pred_mappings)
     refs = discover(ref_dir, ref_mapping)
-    results, missing = {}, {}
+    preds = {s.name: discover(s.folder, s.mapping) for s in sets}
     for s in sets:
-        results[s.name], missing[s.name] = evaluate_folder(s.folder, ref_dir, s.mapping, refs=refs)
+        matched_cases(preds[s.name], refs, s.folder, ref_dir)
+    refuse_inside_inputs(out, f"--out {out}", {"--ref": Path(ref_dir), **{f"--pred {s.name}": s.folder for s in sets}})
+    tables = [m for m in [ref_mapping, *(s.mapping for s in sets)] if m and Path(m).is_file()]  # mapping CSVs
+    for name in [*(f"per_case_{s.name}.csv" for s in sets), *REPORT_FILES]:
+        refuse_overwriting_inputs(Path(out) / name, *tables)
+    new_dirs = missing_dirs(out)
+    output_folder(out, f"--out {out}")
+    try:
+        results, missing = {}, {}
+        for s in sets:
+            results[s.name], missing[s.name] = evaluate_folder(s.folder, ref_dir, refs=refs, preds=preds[s.name])
+    except BaseException:
+        remove_if_empty(new_dirs)
+        raise
     return write_report(results, out, ref_dir, title=title, missing=missing)

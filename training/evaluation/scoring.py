@@ -110,15 +110,21 @@ def match_cases(pred: dict, ref: dict) -> tuple[list[tuple[str, str]], list[str]
     return pairs, missing
 
 
-def evaluate_folder(pred_dir: Path, ref_dir: Path, pred_mapping=None, ref_mapping=None,
-                    refs: dict | None = None) -> tuple[list[dict], list[str]]:
-    """Per-case metrics of one prediction set; the reference cases it has no prediction for."""
-    preds = discover(pred_dir, pred_mapping)
-    refs = refs if refs is not None else discover(ref_dir, ref_mapping)
+def matched_cases(preds: dict, refs: dict, pred_dir: Path, ref_dir: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """`match_cases`, refusing a prediction set that matches no reference case."""
     pairs, missing = match_cases(preds, refs)
     if not pairs:
         raise DatasetError(f"no case of {pred_dir} matches a reference case in {ref_dir} "
                            f"(reference ids e.g. {', '.join(sorted(refs)[:3])})")
+    return pairs, missing
+
+
+def evaluate_folder(pred_dir: Path, ref_dir: Path, pred_mapping=None, ref_mapping=None,
+                    refs: dict | None = None, preds: dict | None = None) -> tuple[list[dict], list[str]]:
+    """Per-case metrics of one prediction set; the reference cases it has no prediction for."""
+    preds = preds if preds is not None else discover(pred_dir, pred_mapping)
+    refs = refs if refs is not None else discover(ref_dir, ref_mapping)
+    pairs, missing = matched_cases(preds, refs, pred_dir, ref_dir)
     return [compare(preds[p](), refs[r](), case=r) for p, r in pairs], missing
 
 

@@ -13,6 +13,7 @@ from training.data.template_cohort import TemplateCohort, TemplateCohortSettings
 from training.data.templates import build_label_map, load_committed
 from training.data.warps import integrate_velocity, random_velocity
 from VentricleSynthLib.imaging.geometry import ras_grid
+from VentricleSynthLib.io import atomic
 from VentricleSynthLib.io.nnunet_raw import list_cases, load_case, read_dataset_json
 from VentricleSynthLib.labels import LABELS, VENTRICLE_LABELS
 
@@ -146,12 +147,19 @@ def test_data_stage_resumes_and_reproduces(tiny_data, tmp_path):
     (root / "records" / f"{case}.json").unlink()
     untouched = root / "imagesTr" / "enlarged_0004_0000.nii.gz"
     mtime = untouched.stat().st_mtime_ns
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tag = f"tmp-{atomic._host()}-{dead.pid}-k1ll3d_x"  # io.atomic's temporary of a writer no longer running
+    partials = [root / "imagesTr" / f".{case}_0000.nii.gz.{tag}.nii.gz", root / "records" / f".{case}.json.{tag}.json"]
+    for partial in partials:  # what a kill during an atomic write leaves
+        partial.write_bytes(b"half")
     done = subprocess.run([sys.executable, str(REPO / "training" / "train.py"), "data", "--config", "tiny",
                            "--work", str(tiny_data.parent), "--distributions", "enlarged"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert _digest(image) == before  # rebuilt identically from its seed
     assert untouched.stat().st_mtime_ns == mtime  # complete cases are skipped
+    assert not any(p.exists() for p in partials)  # the killed run's partial files are gone
 
 
 def test_train_py_bad_config_is_one_error_line(tmp_path):

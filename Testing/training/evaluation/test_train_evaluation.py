@@ -17,6 +17,7 @@ import pytest
 from training.evaluation import scoring as ev
 from training.evaluation.report import evaluate_sets, summarize
 from VentricleSynthLib.errors import DatasetError, GeometryMismatchError, LabelSchemaError
+from VentricleSynthLib.io import atomic
 from VentricleSynthLib.io.nifti import Volume
 
 REPO = Path(__file__).resolve().parents[3]
@@ -223,3 +224,15 @@ def test_stages_other_than_evaluate_need_work():
     done = subprocess.run([sys.executable, str(REPO / "training" / "train.py"), "data", "--config", "tiny"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 2 and done.stderr.strip() == "error: the stage data needs --work DIR (see --help)"
+
+
+def test_rerun_removes_the_partial_files_of_a_killed_run(tmp_path):
+    _two_sets(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    partial = out / f".report.md.tmp-{atomic._host()}-{dead.pid}-k1ll3d_x.md"  # a kill during atomic_write
+    partial.write_text("half a report")
+    evaluate_sets([str(tmp_path / "good")], tmp_path / "ref", out)
+    assert not partial.exists() and (out / "report.md").is_file()
