@@ -54,7 +54,7 @@ def hd95(a: np.ndarray, b: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
     idx = np.argwhere(a | b)
     lo = np.maximum(idx.min(axis=0) - 1, 0)
     hi = np.minimum(idx.max(axis=0) + 2, a.shape)
-    box = tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
+    box = tuple(slice(int(start), int(stop)) for start, stop in zip(lo, hi))
     a, b = a[box], b[box]
     spacing = [float(s) for s in spacing]
     d_ab = directed_surface_distances(a, b, spacing)

@@ -43,11 +43,11 @@ def sample_seed(base: int, index: int) -> int:
     return int(np.random.SeedSequence([int(base), int(index)]).generate_state(1, np.uint32)[0])
 
 
-def check_seed(seed) -> int:
-    """The base seed as an int in 0..2**63-1 (numpy's SeedSequence needs it >= 0); bools and floats are refused
-    rather than silently truncated."""
+def check_seed(seed, what: str = "--seed") -> int:
+    """The base seed as an int in 0..2**63-1 (numpy's SeedSequence needs it >= 0, torch's generators fit 63 bits);
+    bools and floats are refused rather than silently truncated."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
-        raise RequestError(f"--seed must be an integer >= 0, got {seed!r}")
+        raise RequestError(f"{what} must be an integer in 0..2**63-1, got {seed!r}")
     return int(seed)
 
 

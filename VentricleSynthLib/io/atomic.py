@@ -107,6 +107,8 @@ def refuse_overwriting_inputs(out: str | os.PathLike, *inputs: str | os.PathLike
         if same:
             raise OutputError(f"{option} {out_path} is the input {source} itself; an input is never overwritten: "
                               f"give another output name")
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 

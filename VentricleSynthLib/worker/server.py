@@ -185,7 +185,7 @@ def _generate(args) -> int:
     if args.count < 1:
         raise RequestError(f"--count must be >= 1, got {args.count}")
     check_seed(args.seed)
-    check_seed(args.seed + args.count - 1)  # sample k uses seed + k
+    check_seed(args.seed + args.count - 1, "--seed + --count - 1 (sample k uses seed + k)")
     resolve_device(args.device)
     check_samples_out(args.out)
     _set_threads(args.threads)
