@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from VentricleSynthLib.errors import OutputError
+from VentricleSynthLib.io.atomic import process_alive
 from VentricleSynthLib.io.figures import png_figure
 from VentricleSynthLib.io.montage import draw_outlined, ventricle_views
 from VentricleSynthLib.io.nifti import Volume, save_volume
@@ -34,18 +35,6 @@ def sample_name(index: int) -> str:
     return f"sample_{index:03d}"
 
 
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists (another user's), or cannot tell: keep its folder
-    return True
-
-
 def staging_pid(name: str, index: int) -> int | None:
     """The creator's pid of a staging folder `.sample_NNN.<pid>.XXXX` of sample `index`; -1 for one without a
     pid (written before pids were recorded: stale), None for a name that is not sample `index`'s staging."""
@@ -61,7 +50,7 @@ def remove_stale_staging(out_dir: Path, index: int) -> list[Path]:
     removed = []
     for path in Path(out_dir).glob(f".{sample_name(index)}.*"):
         pid = staging_pid(path.name, index)
-        if pid is not None and path.is_dir() and not (pid > 0 and _process_alive(pid)):
+        if pid is not None and path.is_dir() and not (pid > 0 and process_alive(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

@@ -28,7 +28,9 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs (or cannot be told apart from running): a leftover of a
+    writer that still runs is never removed."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -49,7 +51,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         return removed
     for sibling in siblings:
         match = pattern.fullmatch(sibling.name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
             try:
                 sibling.unlink()
                 removed.append(sibling)
