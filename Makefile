@@ -9,7 +9,16 @@ export nnUNet_def_n_proc ?= 2
 export OMP_NUM_THREADS ?= 2
 DEMO_OUT ?= demo_output
 
-.PHONY: venv demo test test-fast clean-venv
+# Slicer's own Pythons (5.8: 3.9, 5.10/5.12: 3.12), from pyenv: what Slicer's process imports is tested under them.
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
+SLICER_PY39 ?= $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.9.*/bin/python3.9)))
+SLICER_PY312 ?= $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/3.12.*/bin/python3.12)))
+# The suites of what Slicer's process imports: the glue, the worker's protocol/client/processes, the module file.
+SLICER_SUITES := Testing/slicer_glue Testing/module Testing/worker/test_worker_protocol.py \
+	Testing/worker/test_worker_client.py Testing/worker/test_worker_processes.py
+SLICER_TEST_PACKAGES := numpy nibabel pillow pytest
+
+.PHONY: venv demo test test-fast test-slicer-pythons clean-venv
 
 venv: $(VENV)/.installed
 
@@ -38,6 +47,20 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q -ra Testing
+	$(MAKE) test-slicer-pythons
+
+.venv-slicer39/.installed .venv-slicer312/.installed: Makefile
+	@test -n "$(if $(findstring 39,$@),$(SLICER_PY39),$(SLICER_PY312))" || { echo "error: no Python \
+	$(if $(findstring 39,$@),3.9,3.12) under $(PYENV_ROOT)/versions (set SLICER_PY39/SLICER_PY312)" >&2; exit 2; }
+	rm -rf $(dir $@)
+	$(if $(findstring 39,$@),$(SLICER_PY39),$(SLICER_PY312)) -m venv $(dir $@)
+	$(dir $@)bin/python -m pip install -q $(SLICER_TEST_PACKAGES) $(if $(findstring 312,$@),slicer-core)
+	touch $@
+
+# Under Slicer 5.8's Python 3.9 the module must load and refuse cleanly; under 3.12 (5.10, 5.12) everything passes.
+test-slicer-pythons: .venv-slicer39/.installed .venv-slicer312/.installed
+	for v in 39 312; do VENTRICLESYNTH_SLICER_PYTHON_SUITE=$$v PYTHONPATH=$(CURDIR) \
+	  .venv-slicer$$v/bin/python -m pytest -q -ra -p no:cacheprovider $(SLICER_SUITES) || exit 1; done
 
 test-fast: venv
 	$(PY) -m pytest -q -ra -m "not slow" Testing

@@ -20,6 +20,19 @@ import pytest
 from testing_helpers import run_train, tiny_generator_config, tiny_segmenter_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Set by `make test-slicer-pythons`: this Python is one of Slicer's (3.9, 3.12) with only what Slicer's own process
+# has; tests that run the worker in it (marked, or using the model fixtures) are left to the project's Python.
+SLICER_PYTHON_SUITE = os.environ.get("VENTRICLESYNTH_SLICER_PYTHON_SUITE")
+WORKER_FIXTURES = {"models", "trained", "tiny_segmenter"}
+
+
+def pytest_collection_modifyitems(config, items):
+    if not SLICER_PYTHON_SUITE:
+        return
+    skip = pytest.mark.skip(reason=f"runs the worker; Slicer's Python {SLICER_PYTHON_SUITE} suite has no torch here")
+    for item in items:
+        if item.get_closest_marker("worker_packages") or WORKER_FIXTURES & set(item.fixturenames):
+            item.add_marker(skip)
 
 
 def _rotation(axis: str, degrees: float) -> np.ndarray:

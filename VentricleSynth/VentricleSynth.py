@@ -7,27 +7,26 @@ PROGRESS lines and loads the files its RESULT lines name; the worker alone impor
 """
 
 import importlib
-import json
+import logging
 import os
 import random
 import sys
-import time
 from typing import Annotated
 
 import qt
-import vtk
-
 import slicer
+import vtk
 from slicer import vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
-
-try:
-    from slicer.i18n import tr as _
-except ImportError:  # Slicer < 5.4: texts as they are
-    _ = str
 
 
 def _addLibraryToPath():
@@ -43,12 +42,13 @@ def _addLibraryToPath():
 
 
 LIBRARY_PARENT_DIR = _addLibraryToPath()
-PAPER = ('Ruschke et al. 2024, "Guided Synthesis of Labeled Brain MRI Data Using Latent Diffusion Models for '
-         'Segmentation of Enlarged Ventricles", arXiv:2411.01351')
 
 
 def _lib(name):  # `VentricleSynthLib.<name>`, imported when first used (after `_addLibraryToPath`; no torch)
     return importlib.import_module("VentricleSynthLib." + name)
+
+
+REFUSAL = _lib("slicer_glue.compatibility").running_refusal()  # Slicer 5.8 (Python 3.9): this message, no panel
 
 
 def reloadLibrary():
@@ -61,36 +61,23 @@ class VentricleSynth(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("VentricleSynth")
-        self.parent.categories = ["Segmentation"]
+        texts = _lib("slicer_glue.module_texts")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["VentricleSynth contributors"]
-        self.parent.helpText = _("""
-Synthesise labelled T1-weighted brain MRI with a requested ventricle volume, and measure the ventricles of a scan.
-<ul>
-<li><b>Generate</b>: a volume-conditioned latent diffusion model draws a label map whose ventricular system
-(lateral, inferior lateral, third and fourth ventricles) has the requested volume in mL; a SPADE latent diffusion
-model turns it into an MRI. Each sample becomes a volume named <i>SYNTHETIC ...</i> (tagged as synthetic) and a
-segmentation with named, coloured ventricles and a 3-D surface.</li>
-<li><b>Segment</b>: the bundled nnU-Net model segments the ventricles of the selected volume; volumes in mL are
-listed per ventricle and in total.</li>
-<li><b>Models</b>: the bundled models, their checksums, and where to put other bundles (e.g. trained on a GPU
-with <tt>training/train.py</tt>).</li>
-</ul>
-The networks run in a separate process (Slicer stays responsive; Cancel stops it). Python packages (PyTorch,
-MONAI, nnU-Net) are installed on first use after asking. Synthetic images are for research and
-education, not for diagnosis.
-""")
-        self.parent.acknowledgementText = _("Implements the method of") + " " + PAPER + _(""":
-a mask latent diffusion model conditioned on ventricular volume with classifier-free guidance, a SPADE image
-latent diffusion model, and an nnU-Net v2 ventricle segmenter. Built on MONAI (generative networks), nnU-Net v2
-and PyTorch. Label numbers follow FreeSurfer/SynthSeg.""")
+        self.parent.contributors = texts.CONTRIBUTORS
+        self.parent.helpText = texts.help_text()
+        self.parent.acknowledgementText = texts.acknowledgement_text()
+
+
+_panel, _sampling = _lib("slicer_glue.panel"), _lib("generation.settings")
 
 
 @parameterNodeWrapper
 class VentricleSynthParameterNode:
-    ventricleVolumeMl: Annotated[float, WithinRange(1.0, 500.0)] = 40.0  # requested ventricular system (mL)
-    guidanceScale: Annotated[float, WithinRange(0.0, 20.0)] = 4.0  # classifier-free guidance of the mask model
-    steps: Annotated[int, WithinRange(1, 1000)] = 50  # DDIM steps per stage
+    ventricleVolumeMl: Annotated[float, WithinRange(*_panel.VOLUME_RANGE_ML)] = 40.0  # requested ventricles (mL)
+    guidanceScale: Annotated[float, WithinRange(0.0, _sampling.MAX_GUIDANCE)] = 4.0  # mask model's guidance
+    maskSteps: Annotated[int, WithinRange(1, _sampling.MAX_STEPS)] = 50  # DDIM steps of the mask model
+    imageSteps: Annotated[int, WithinRange(1, _sampling.MAX_STEPS)] = 50  # DDIM steps of the image model
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0  # seed of the first sample (sample k uses seed + k)
     sampleCount: Annotated[int, WithinRange(1, 20)] = 1  # number of samples to generate
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"  # where the worker runs the networks
@@ -107,9 +94,17 @@ class VentricleSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._task = None
+        self._segmentation = None  # the last segmentation, whose volume table Export saves
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if REFUSAL:  # an unsupported Slicer: one message instead of a panel that would fail half-way
+            label = qt.QLabel(REFUSAL)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            logging.warning(REFUSAL)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/VentricleSynth.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -122,10 +117,11 @@ class VentricleSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.randomSeedButton.connect("clicked(bool)", self.onRandomSeedButton)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.onRefreshModelsButton)
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolderButton)
+        self.ui.exportVolumesButton.connect("clicked(bool)", self.onExportVolumesButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.ensureDependencies)
         self.ui.modelsPathLineEdit.currentPath = self.logic.userModelsDir()
         self.ui.modelsPathLineEdit.connect("currentPathChanged(QString)", self.onModelsPathChanged)
-        _lib("slicer_glue.panel").prepare(self.ui)
+        _panel.prepare(self.ui)
         self.initializeParameterNode()
         self.updateModelSummary()
         self.updateDependencyStatus()
@@ -137,7 +133,8 @@ class VentricleSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic:
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -164,8 +161,8 @@ class VentricleSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first and not first.GetAttribute("VentricleSynth.Synthetic"):
+            first = _panel.default_input_volume(slicer.mrmlScene)  # never a label map or a synthetic sample
+            if first:
                 self._parameterNode.inputVolume = first
 
     def setParameterNode(self, inputParameterNode) -> None:
@@ -180,12 +177,14 @@ class VentricleSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateButtons()
 
     def applyModelDefaults(self) -> None:
-        _lib("slicer_glue.panel").apply_model_defaults(self.ui, self._parameterNode, self.logic.generatorDefaults(),
+        _panel.apply_model_defaults(self.ui, self._parameterNode, self.logic.generatorDefaults(),
                                                        self.logic.modelsDir())
 
     def updateButtons(self, caller=None, event=None) -> None:
         hasInput = bool(self._parameterNode and self._parameterNode.inputVolume)
-        _lib("slicer_glue.panel").update_buttons(self.ui, self._task, hasInput)
+        if self._segmentation is not None and self._segmentation.GetScene() is None:
+            self._segmentation = None  # deleted, or its scene closed
+        _panel.update_buttons(self.ui, self._task, hasInput, self._segmentation)
 
     def setStatus(self, text: str, error: bool = False) -> None:
         self.ui.statusLabel.text = text
@@ -194,15 +193,15 @@ class VentricleSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.logTextEdit.appendPlainText(("ERROR: " if error else "") + text)
 
     def onWorkerEvent(self, event) -> None:
-        _lib("slicer_glue.panel").show_event(self.ui, event)
+        _panel.show_event(self.ui, event)
 
-    def runOrCancel(self, start, failure) -> None:
+    def runOrCancel(self, start, failure, needsPackages=True) -> None:
         """Cancel the running task (its button reads Cancel), else start one: `start()` returns the task."""
         if self._task is not None and not self._task.finished:
             self._task.cancel()
             self.setStatus(_("Cancelling ..."))
             return
-        if not self.ensureDependencies():
+        if needsPackages and not self.ensureDependencies():
             return
         with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
             task = start()
@@ -218,20 +217,24 @@ class VentricleSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         outcome = task.outcome
         if task is self._task:
             self._task = None
+        if task.discardResults:  # scene closed, module reloaded or panel gone: nothing of this run is shown
+            return
+        if task.kind == "segment" and task.loaded:
+            self._segmentation = task.loaded[0]
         self.updateButtons()
         if outcome.ok:
             self.ui.progressBar.setValue(100)
         self.setStatus(outcome.message, error=outcome.status not in ("ok", "cancelled"))
         if outcome.status not in ("ok", "cancelled"):
             slicer.util.errorDisplay(outcome.message, windowTitle=_("VentricleSynth"))
-        _lib("slicer_glue.panel").show_result(self.ui, task)  # a generated sample is shown in the views
+        _panel.show_result(self.ui, task)  # a generated sample is shown in the views
 
     def onGenerateButton(self) -> None:
         p = self._parameterNode
         self.runOrCancel(lambda: self.logic.generate(
-            p.ventricleVolumeMl, guidance=p.guidanceScale, steps=p.steps, seed=p.seed, count=p.sampleCount,
-            device=p.device, waitForCompletion=False, onEvent=self.onWorkerEvent, onFinished=self.onTaskFinished),
-            _("Failed to start the generator."))
+            p.ventricleVolumeMl, guidance=p.guidanceScale, steps=p.maskSteps, imageSteps=p.imageSteps, seed=p.seed,
+            count=p.sampleCount, device=p.device, waitForCompletion=False, onEvent=self.onWorkerEvent,
+            onFinished=self.onTaskFinished), _("Failed to start the generator."))
 
     def onRandomSeedButton(self) -> None:
         if self._parameterNode:
@@ -246,34 +249,39 @@ class VentricleSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRefreshModelsButton(self) -> None:
         self.runOrCancel(lambda: self.logic.modelsInfo(
             waitForCompletion=False, onEvent=self.onWorkerEvent, onFinished=self.onTaskFinished),
-            _("Failed to verify the models."))
+            _("Failed to verify the models."), needsPackages=False)  # `worker info` needs none of the ML packages
 
     def onModelsPathChanged(self, path) -> None:
+        if not _lib("slicer_glue.environment").worth_saving(path):
+            return  # a path being typed: saved once it is empty or names a folder holding bundles
         self.logic.setUserModelsDir(path)
         self.applyModelDefaults()
         self.updateModelSummary()
 
     def updateModelSummary(self) -> None:
-        _lib("slicer_glue.panel").show_models_folder(self.ui, self.logic.generatorDefaults(), self.logic.modelsDir())
+        _panel.show_models_folder(self.ui, self.logic.generatorDefaults(), self.logic.modelsDir())
+
+    def onExportVolumesButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to export the volumes."), waitCursor=True):
+            path = _panel.export_volumes(self._segmentation, slicer.util.mainWindow())
+            if path:
+                self.setStatus(_("Volumes saved to {path}").format(path=path))
 
     def onOpenModelsFolderButton(self) -> None:
         qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(self.logic.modelsDir()))
 
     def updateDependencyStatus(self) -> None:
-        self.ui.dependenciesLabel.text = _lib("slicer_glue.panel").dependencies_text(self.logic.missingDependencies())
+        self.ui.dependenciesLabel.text = _lib("slicer_glue.dependencies").status_text(self.logic.missingDependencies())
 
     def ensureDependencies(self) -> bool:
-        if not self.logic.missingDependencies():
-            return True
-        with slicer.util.tryWithErrorDisplay(_("Failed to install the Python packages."), waitCursor=True):
-            self.logic.installDependencies(askConfirmation=True)
+        """Ask once and install what is missing or outdated (a wait cursor during pip only; never raises)."""
+        result = self.logic.installDependencies(askConfirmation=True)
         self.updateDependencyStatus()
-        missing = self.logic.missingDependencies()
-        if missing:
-            self.setStatus(_("Cannot run: missing Python packages {names}.").format(names=", ".join(missing)),
-                           error=True)
-            return False
-        return True
+        if result.message:
+            self.setStatus(result.message, error=result.error)
+        if result.error:  # not for Cancel, nothing to do, or an install already running
+            slicer.util.errorDisplay(result.message, windowTitle=_("VentricleSynth"))
+        return result.ok
 
 
 class VentricleSynthLogic(ScriptedLoadableModuleLogic):
@@ -304,25 +312,35 @@ class VentricleSynthLogic(ScriptedLoadableModuleLogic):
     def generatorDefaults(self) -> dict:
         return _lib("generation.settings").panel_defaults(self.modelsDir())
 
-    def missingDependencies(self) -> list:
-        return _lib("slicer_glue.dependencies").missing_dependencies()
+    def requirementsPath(self) -> str:
+        return os.path.join(self.moduleDir(), "Resources", "requirements.txt")
 
-    def installDependencies(self, askConfirmation=True) -> None:
-        requirements = os.path.join(self.moduleDir(), "Resources", "requirements.txt")
-        _lib("slicer_glue.dependencies").install_dependencies(requirements, ask_confirmation=askConfirmation)
+    def missingDependencies(self) -> list:
+        """One `dependencies.Problem` per package missing or outside its tested versions (nothing imported)."""
+        return _lib("slicer_glue.dependencies").missing_dependencies(self.requirementsPath())
+
+    def installDependencies(self, askConfirmation=True):
+        """InstallResult(ok, message, error): asks once, installs under a wait cursor, never raises."""
+        return _lib("slicer_glue.dependencies").ensure_dependencies(self.requirementsPath(),
+                                                                    ask_confirmation=askConfirmation)
 
     def _launch(self, makeTask, waitForCompletion, timeout, **options):
+        if REFUSAL:
+            raise RuntimeError(REFUSAL)
         environment = _lib("slicer_glue.environment")
         task = makeTask(environment.python_executable(), self.modelsDir(),
                         environment.worker_cwd(LIBRARY_PARENT_DIR, self.moduleDir()), **options)
         return _lib("slicer_glue.task").launch(task, self.tasks, wait=waitForCompletion, timeout=timeout)
 
     def generate(self, ventricleMl, guidance=None, steps=None, seed=0, count=1, device="auto",
-                 waitForCompletion=False, onEvent=None, onFinished=None, labels="ventricles", timeout=None):
-        """`count` samples of `ventricleMl` mL: (synthetic volume, segmentation) in `task.loaded`; returns the task."""
+                 waitForCompletion=False, onEvent=None, onFinished=None, labels="ventricles", timeout=None,
+                 imageSteps=None):
+        """`count` samples of `ventricleMl` mL: (synthetic volume, segmentation) in `task.loaded`; returns the task.
+        `steps`: DDIM steps of both stages, `imageSteps`: of the image stage (None: the bundles' defaults)."""
         return self._launch(_lib("slicer_glue.runs").generate_task, waitForCompletion, timeout,
-                            ventricle_ml=ventricleMl, guidance=guidance, steps=steps, seed=seed, count=count,
-                            device=device, labels=labels, on_event=onEvent, on_finished=onFinished)
+                            ventricle_ml=ventricleMl, guidance=guidance, steps=steps, image_steps=imageSteps,
+                            seed=seed, count=count, device=device, labels=labels, on_event=onEvent,
+                            on_finished=onFinished)
 
     def segment(self, inputVolumeNode, device="auto", tta=False, waitForCompletion=False, onEvent=None,
                 onFinished=None, timeout=None):
@@ -345,55 +363,27 @@ class VentricleSynthLogic(ScriptedLoadableModuleLogic):
 
 
 class VentricleSynthTest(ScriptedLoadableModuleTest):
-    """In Slicer, bundled models on CPU: generate, segment, cancel (the glue is unit-tested under Testing/)."""
+    """In Slicer, bundled models on CPU: generate, segment, cancel (the glue is unit-tested under Testing/).
+    Runs are non-blocking (the GUI keeps drawing); what cannot run here is logged, not skipped: Reload and Test
+    calls runTest() directly, outside unittest, where skipTest would be an error."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        logic = VentricleSynthLogic()
+        reason = REFUSAL or (logic.missingDependencies() and _("missing Python packages")) or (
+            not logic.generatorDefaults() and _("no generator models in {folder}").format(folder=logic.modelsDir()))
+        if reason:
+            self.delayDisplay(_("VentricleSynth self-test not run: {reason}").format(reason=reason))
+            logging.warning("VentricleSynth self-test not run: %s", reason)
+            return
         for test in (self.test_GenerateAndSegment, self.test_CancelNonBlocking):
             self.setUp()
-            test()
+            test(logic)
 
-    def _logicOrSkip(self):
-        logic = VentricleSynthLogic()
-        if logic.missingDependencies() or not logic.generatorDefaults():
-            self.skipTest(f"missing Python packages or no generator models in {logic.modelsDir()}")
-        return logic
+    def test_GenerateAndSegment(self, logic):
+        _lib("slicer_glue.self_test").generate_and_segment(self, logic)
 
-    def test_GenerateAndSegment(self):
-        logic, mrml = self._logicOrSkip(), _lib("slicer_glue.mrml")
-        report = _lib("slicer_glue.segmentation_nodes").ventricle_report
-        low, high = logic.generatorDefaults()["trained_range_ml"]
-        self.delayDisplay("Generating one sample on the CPU")
-        task = logic.generate(round((low + high) / 2, 1), seed=7, device="cpu", waitForCompletion=True, timeout=1800)
-        self.assertTrue(task.outcome.ok, task.outcome.message)
-        self.assertFalse(os.path.exists(task.tempDir), "temporary folder left behind")
-        volumeNode, segmentationNode = task.loaded[0]
-        self.assertTrue(volumeNode.GetName().startswith(mrml.SYNTHETIC_PREFIX) and mrml.is_synthetic(volumeNode))
-        self.assertTrue(mrml.is_synthetic(segmentationNode))
-        record = json.loads(volumeNode.GetAttribute(mrml.RECORD_ATTRIBUTE))
-        self.assertAlmostEqual(report(segmentationNode)["ventricle_ml"], record["got_ml"], delta=0.01)
-        self.delayDisplay("Segmenting the synthetic sample")
-        task = logic.segment(volumeNode, device="cpu", waitForCompletion=True, timeout=1800)
-        self.assertTrue(task.outcome.ok, task.outcome.message)
-        self.assertGreater(report(task.loaded[0])["ventricle_ml"], 0.0)
-
-    def test_CancelNonBlocking(self):
-        logic, Progress = self._logicOrSkip(), _lib("worker.protocol").Progress
-        self.delayDisplay("Cancelling a running generation")
-        seen, done = [], []
-        task = logic.generate(logic.generatorDefaults()["trained_range_ml"][0] + 1.0, count=5, device="cpu",
-                              waitForCompletion=False, onEvent=seen.append, onFinished=done.append)
-        deadline = time.monotonic() + 600
-        while not any(isinstance(e, Progress) for e in seen) and not done and time.monotonic() < deadline:
-            slicer.app.processEvents()
-            time.sleep(0.02)
-        self.assertFalse(done, "the run ended before it could be cancelled")
-        task.cancel()
-        while not done and time.monotonic() < deadline:
-            slicer.app.processEvents()
-            time.sleep(0.02)
-        self.assertEqual(task.outcome.status, "cancelled", task.outcome.message)
-        self.assertFalse(os.path.exists(task.tempDir))
-        self.assertFalse(logic.isRunning())
+    def test_CancelNonBlocking(self, logic):
+        _lib("slicer_glue.self_test").cancel_non_blocking(self, logic)

@@ -114,7 +114,7 @@ def _cmd_generate(args) -> int:
     warnings = mask.check_volume(args.ventricle_ml)
     mask.settings(args.guidance, args.steps, args.candidates)  # a bad request fails before the image model loads
     image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
-    settings = settings_for(mask, image, args.guidance, args.steps, args.candidates)
+    settings = settings_for(mask, image, args.guidance, args.steps, args.candidates, args.image_steps)
     out = writable_dir(args.out)
     for warning in warnings:
         print_warning(warning)
@@ -140,8 +140,8 @@ def _generate_cohort(args) -> int:
     count = args.count if args.count is not None or args.distribution is not None else 1
     result = synthesize(CohortRequest(
         out=args.out, distribution=spec, count=count, seed=args.seed, guidance=args.guidance, steps=args.steps,
-        candidates=args.candidates, format=args.format or CohortRequest.format, shard=args.shard,
-        batch_size=args.batch_size, qc_min_dice=args.qc_min_dice,
+        image_steps=args.image_steps, candidates=args.candidates, format=args.format or CohortRequest.format,
+        shard=args.shard, batch_size=args.batch_size, qc_min_dice=args.qc_min_dice,
         device=args.device, models=args.models, progress=not args.no_progress),
         log=lambda line: print(line, flush=True))
     return 1 if result["failures"] else 0  # the summary line said how many; a rerun retries them
@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, help="label maps denoised per sample; the one closest to the asked "
                                                   "volume is kept (default: the bundle's)")
     p.add_argument("--steps", type=int, help="DDIM steps per stage (default: the bundle's)")
+    p.add_argument("--image-steps", type=int, help="DDIM steps of the image stage, over --steps (default: the "
+                                                   "image bundle's)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the first sample; sample k uses seed+k (a cohort: the base seed, hashed with k)")
     p.add_argument("--count", type=int, help="number of samples (default 1; a cohort from a list: its length)")

@@ -223,3 +223,51 @@ def test_cmake_globs_model_bundles_and_skips_hidden_files(tmp_path):
     shipped = {rel for rel in fake if "/." not in rel}
     assert shipped <= resources
     assert not {rel for rel in fake if "/." in rel} & resources
+
+
+def test_metadata_agrees_with_the_module_texts():
+    """Homepage, contributors and the minimum Slicer: one value each, the same in CMake and in the module."""
+    from VentricleSynthLib.slicer_glue import compatibility, module_texts
+
+    text = ROOT_CMAKE.read_text()
+    assert re.search(rf'set\(EXTENSION_HOMEPAGE\s+"{re.escape(module_texts.DOCUMENTATION_URL)}"\)', text)
+    contributors = re.search(r'set\(EXTENSION_CONTRIBUTORS\s+"(.*?)"\)', text).group(1)
+    assert contributors == ", ".join(module_texts.CONTRIBUTORS)
+    python = "{}.{}".format(*compatibility.MINIMUM_PYTHON)
+    slicer = "{}.{}".format(*compatibility.MINIMUM_SLICER)
+    assert re.search(rf'if\(Slicer_REQUIRED_PYTHON_VERSION VERSION_LESS "{re.escape(python)}"\)', text)
+    assert f"Requires 3D Slicer {slicer} or later" in text
+
+
+_STUB_SLICER_CONFIG = """
+set(Slicer_REQUIRED_PYTHON_VERSION "@PYTHON@")
+set(Slicer_USE_FILE "${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake")
+set(Slicer_EXTENSION_GENERATE_CONFIG "${CMAKE_CURRENT_LIST_DIR}/empty.cmake")
+set(Slicer_EXTENSION_CPACK "${CMAKE_CURRENT_LIST_DIR}/empty.cmake")
+"""
+
+
+@pytest.mark.parametrize("python, accepted", [("3.9.10", False), ("3.12.10", True)])
+def test_root_cmake_refuses_slicers_older_than_the_minimum(tmp_path, python, accepted):
+    """The root CMakeLists.txt against a stand-in SlicerConfig of Slicer 5.8 (Python 3.9.10) stops with one message;
+    against 5.10/5.12's (Python 3.12.10) it configures."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake not installed")
+    config = tmp_path / "slicer"
+    config.mkdir()
+    (config / "SlicerConfig.cmake").write_text(_STUB_SLICER_CONFIG.replace("@PYTHON@", python))
+    macros = _STUB.split("add_subdirectory(")[0].split("set(BUILD_TESTING ON)", 1)[1]
+    (config / "UseSlicer.cmake").write_text("set(BUILD_TESTING ON)" + macros)
+    (config / "empty.cmake").write_text("")
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "VentricleSynth", source / "VentricleSynth",
+                    ignore=shutil.ignore_patterns("Models", "__pycache__"))
+    shutil.copytree(LIB_DIR, source / "VentricleSynthLib", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT_CMAKE, source / "CMakeLists.txt")
+    done = subprocess.run([cmake, "-S", str(source), "-B", str(tmp_path / "build"), f"-DSlicer_DIR={config}"],
+                          capture_output=True, text=True, timeout=120)
+    if accepted:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    else:
+        assert done.returncode != 0 and "needs 3D Slicer 5.10 or later" in done.stderr, done.stderr[-3000:]

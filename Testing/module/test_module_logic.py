@@ -1,6 +1,6 @@
 """The Slicer module's Logic itself, in blocking mode: VentricleSynth/VentricleSynth.py imported for real with
-stand-ins for what the slicer-core wheel lacks (Qt, ScriptedLoadableModule, parameterNodeWrapper), running the
-real worker on the `models` fixture's bundles (Testing/conftest.py)."""
+stand-ins for what the slicer-core wheel lacks (Testing/module/conftest.py), running the real worker on the
+`models` fixture's bundles (Testing/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from VentricleSynthLib.slicer_glue.dependencies import WORKER_PACKAGES
 from VentricleSynthLib.worker.protocol import Progress
 
 MODULE_PY = Path(__file__).resolve().parents[2] / "VentricleSynth" / "VentricleSynth.py"
@@ -19,48 +18,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBU
 
 
 @pytest.fixture
-def module_logic(monkeypatch, models):
-    """VentricleSynth/VentricleSynth.py imported for real, with stand-ins for what slicer-core lacks (Qt,
-    ScriptedLoadableModule, parameterNodeWrapper) and a scene as slicer.mrmlScene."""
-    import importlib.util
-    import types
-
-    slicer = pytest.importorskip("slicer")
-
-    settings: dict = {}
-
-    class QSettings:
-        def value(self, key, default=None):
-            return settings.get(key, default)
-
-        def setValue(self, key, value):
-            settings[key] = value
-
-    qt = types.ModuleType("qt")
-    qt.QSettings = QSettings
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class _Base:
-        def __init__(self, *args, **kwargs):
-            pass
-
-    import unittest
-
-    slm.ScriptedLoadableModule = slm.ScriptedLoadableModuleWidget = slm.ScriptedLoadableModuleLogic = _Base
-    slm.ScriptedLoadableModuleTest = unittest.TestCase
-    pnw = types.ModuleType("slicer.parameterNodeWrapper")
-    pnw.parameterNodeWrapper = lambda cls: cls
-    pnw.WithinRange = pnw.Choice = lambda *args, **kwargs: None
-    monkeypatch.setitem(sys.modules, "qt", qt)
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
-    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", pnw)
-    monkeypatch.setattr(slicer, "mrmlScene", slicer.vtkMRMLScene(), raising=False)
+def module_logic(monkeypatch, models, load_module):
+    """VentricleSynth/VentricleSynth.py imported for real (Testing/module/conftest.py), a scene as
+    slicer.mrmlScene, its Logic on the `models` bundles."""
+    pytest.importorskip("slicer", reason="needs the slicer-core wheel (MRML)")
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ inside the module folder
-    spec = importlib.util.spec_from_file_location("VentricleSynth", MODULE_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module, _settings = load_module()
     logic = module.VentricleSynthLogic()
     logic.setUserModelsDir(str(models[0]))
     return module, logic
@@ -108,8 +72,7 @@ def test_slicer_logic_generates_and_segments_in_blocking_mode(module_logic):
 
 def test_slicer_logic_reports_missing_models_and_dependencies(module_logic, tmp_path):
     module, logic = module_logic
-    assert set(logic.missingDependencies()) <= set(WORKER_PACKAGES.values())
-    assert "torch" not in logic.missingDependencies()  # this venv has it
+    assert logic.missingDependencies() == []  # this venv has the tested versions of every requirement
     logic.setUserModelsDir(str(tmp_path))
     assert logic.generatorDefaults() == {}
     task = logic.generate(40.0, steps=1, device="cpu", waitForCompletion=True, timeout=300)

@@ -124,3 +124,14 @@ def test_environment_imports_without_slicer_or_qt():
 def test_launcher_names_use_slicer_startup_environment(name):
     env = environment.worker_environment(f"/x/{name}", _slicer(startup={"ONLY": "1"}))
     assert env["ONLY"] == "1"
+
+
+def test_a_models_folder_is_saved_once_it_holds_bundles_not_per_keystroke(tmp_path):
+    """Audit 13: the path field reports every keystroke; only "" and a folder holding a bundle are worth saving."""
+    folder = tmp_path / "my models"
+    (folder / "segmenter").mkdir(parents=True)
+    (folder / "segmenter" / "config.json").write_text("{}")
+    typed = str(folder)
+    saved = [typed[:n] for n in range(len(typed) + 1) if environment.worth_saving(typed[:n])]
+    assert saved == ["", typed]
+    assert not environment.worth_saving(str(tmp_path))  # a folder, but no bundle in it

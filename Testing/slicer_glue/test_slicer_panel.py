@@ -4,8 +4,10 @@ bundle's defaults, results of generate / segment / info runs, and the Models sec
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,7 +50,8 @@ def ui(monkeypatch):
     monkeypatch.setitem(sys.modules, "qt", qt)
     names = ("progressBar", "statusLabel", "logTextEdit", "generateButton", "segmentButton", "refreshModelsButton",
              "installDependenciesButton", "trainedRangeLabel", "ventricleVolumeSliderWidget", "generateResultLabel",
-             "volumesTable", "segmentResultLabel", "modelsTable", "versionsLabel", "modelsCollapsibleButton")
+             "volumesTable", "segmentResultLabel", "modelsTable", "versionsLabel", "modelsCollapsibleButton",
+             "exportVolumesButton")
     return types.SimpleNamespace(**{name: _Widget() for name in names})
 
 
@@ -82,24 +85,37 @@ def test_buttons_while_a_task_runs(ui):
             "Segment ventricles", False, "Select an input volume first")
     panel.update_buttons(ui, types.SimpleNamespace(kind="generate", finished=False), has_input=True)
     assert ui.generateButton.text == "Cancel" and ui.generateButton.enabled and not ui.segmentButton.enabled
+    assert not ui.exportVolumesButton.enabled  # no segmentation with a volume table yet
 
 
 def test_bundle_defaults_once_per_models_folder(ui):
     defaults = {"models_dir": "/m", "trained_range_ml": (8.54, 150.0), "guidance": 2.0, "steps": 10,
-                "profile": "tiny"}
-    node = types.SimpleNamespace(defaultsFromModels="", guidanceScale=4.0, steps=50, ventricleVolumeMl=40.0)
+                "image_steps": 30, "profile": "tiny"}
+    node = types.SimpleNamespace(defaultsFromModels="", guidanceScale=4.0, maskSteps=50, imageSteps=50,
+                                 ventricleVolumeMl=40.0)
     panel.apply_model_defaults(ui, node, defaults, "/m")
     assert (ui.ventricleVolumeSliderWidget.minimum, ui.ventricleVolumeSliderWidget.maximum) == (8.5, 150.0)
     assert ui.trainedRangeLabel.text == "Trained range: 8.5 to 150.0 mL (tiny profile)"
-    assert (node.guidanceScale, node.steps, node.ventricleVolumeMl, node.defaultsFromModels) == (2.0, 10, 79.3, "/m")
-    node.guidanceScale, node.steps = 7.0, 3  # the user's own choices
+    # audit 6: each stage gets its own bundle's steps (the image stage no longer inherits the mask's 10)
+    assert (node.guidanceScale, node.maskSteps, node.imageSteps, node.ventricleVolumeMl, node.defaultsFromModels) \
+        == (2.0, 10, 30, 79.3, "/m")
+    node.guidanceScale, node.maskSteps = 7.0, 3  # the user's own choices
     panel.apply_model_defaults(ui, node, defaults, "/m")
-    assert (node.guidanceScale, node.steps) == (7.0, 3)
+    assert (node.guidanceScale, node.maskSteps, node.imageSteps) == (7.0, 3, 30)
     panel.apply_model_defaults(ui, None, {}, "/nowhere")
     assert ui.trainedRangeLabel.text == "No mask model found in /nowhere"
-    assert panel.bundle_parameters({"models_dir": "/n"}, "/m", 7.0, 3) == {
-        "guidanceScale": 7.0, "steps": 3, "defaultsFromModels": "/n"}
-    assert panel.trained_range({"trained_range_ml": (0.01, 5.0)}, "/m")[0] == (0.1, 5.0)
+    assert panel.bundle_parameters({"models_dir": "/n"}, "/m") == {"defaultsFromModels": "/n"}
+
+
+@pytest.mark.parametrize("trained", [(0.01, 5.0), (0.3, 0.05), (120.0, 900.0), (8.54, 150.0)])
+def test_volume_slider_stays_inside_the_parameter_range(trained):
+    """Audit 15: the slider's range (the bundle's trained range) never leaves the range the parameter node
+    accepts, which VentricleSynth.py takes from the same constant (a value outside it raised in the connector)."""
+    (low, high), _text = panel.trained_range({"trained_range_ml": trained}, "/m")
+    minimum, maximum = panel.VOLUME_RANGE_ML
+    assert minimum <= low <= high <= maximum
+    source = (Path(__file__).resolve().parents[2] / "VentricleSynth" / "VentricleSynth.py").read_text()
+    assert re.search(r"ventricleVolumeMl: Annotated\[float, WithinRange\(\*[\w.]*VOLUME_RANGE_ML\)\]", source)
 
 
 def _node(name, record):
@@ -161,8 +177,6 @@ def test_models_folder_and_dependency_texts(ui):
     assert ui.versionsLabel.text == "Models folder /m holds no generator bundle."
     panel.show_models_folder(ui, {"steps": 50}, "/m")
     assert ui.versionsLabel.text == "Models folder: /m. Press 'Verify models' to check checksums."
-    assert panel.dependencies_text(["monai", "nnunetv2"]) == "Missing Python packages: monai, nnunetv2"
-    assert panel.dependencies_text([]) == "All Python packages the worker needs are installed."
 
 
 def test_prepare_sets_up_tables_and_the_bar(ui):

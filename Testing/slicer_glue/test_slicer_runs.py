@@ -35,6 +35,15 @@ def test_generate_task(tmp_path):
     assert unplanned.protocol.plan == [] and "--steps" not in unplanned.command and "--models" not in unplanned.command
 
 
+def test_generate_task_gives_each_stage_its_own_steps(tmp_path):
+    """Audit 6: the panel's image steps reach the worker's image stage (it used to get the mask's count)."""
+    task = runs.generate_task(sys.executable, None, str(tmp_path), 40.0, steps=25, image_steps=50)
+    os.rmdir(task.tempDir)
+    command = task.command
+    assert command[command.index("--steps") + 1] == "25" and command[command.index("--image-steps") + 1] == "50"
+    assert task.protocol.plan == [("mask", 25), ("image", 50)]
+
+
 def test_segment_task_writes_the_input_volume(tmp_path):
     slicer = pytest.importorskip("slicer")
     from VentricleSynthLib.io.nifti import load_image

@@ -8,6 +8,8 @@ import pytest
 
 from VentricleSynthLib.labels import SCHEMA, VENTRICLE_LABELS
 from VentricleSynthLib.slicer_glue.segmentation_nodes import (
+    ensure_segmentation_converters,
+    registered_rule_names,
     segment_labels,
     segment_volumes_ml,
     segmentation_from_label_map,
@@ -103,3 +105,40 @@ def test_relabelling_an_existing_node_replaces_segments(scene, ventricle_labels)
     segmentation_from_label_map(label2, np.eye(4), scene=scene, node=node, closed_surface=False)
     assert node.GetSegmentation().GetNumberOfSegments() == len(VENTRICLE_LABELS)
     assert segment_volumes_ml(node)["Left-Lateral-Ventricle"] == 0.0
+
+
+# ------------------------------------------------------------------------------------ converter rules
+def _rule_names():
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    return [rule.GetClassName() for rule in factory.GetConverterRules()]
+
+
+def test_converter_rules_are_registered_once():
+    ensure_segmentation_converters()
+    ensure_segmentation_converters()
+    names = _rule_names()
+    for rule in ("vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule"):
+        assert names.count(rule) == 1
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    assert set(names) <= registered_rule_names(factory)
+    assert registered_rule_names(object()) is None  # a wrapping without GetConverterRules: AttributeError caught
+
+
+def test_inside_the_application_the_rules_are_left_alone(monkeypatch):
+    """Slicer registers the rules at start-up (vtkSlicerSegmentationsModuleLogic::RegisterNodes): with `slicer.app`
+    present nothing is added, even where a rule is missing."""
+    ensure_segmentation_converters()
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    rule = next(r for r in factory.GetConverterRules()
+                if r.GetClassName() == "vtkBinaryLabelmapToClosedSurfaceConversionRule")
+    factory.UnregisterConverterRule(rule)
+    try:
+        monkeypatch.setattr(slicer, "app", object(), raising=False)
+        ensure_segmentation_converters()
+        assert "vtkBinaryLabelmapToClosedSurfaceConversionRule" not in _rule_names()
+        monkeypatch.delattr(slicer, "app")
+        ensure_segmentation_converters()
+        assert _rule_names().count("vtkBinaryLabelmapToClosedSurfaceConversionRule") == 1
+    finally:
+        if "vtkBinaryLabelmapToClosedSurfaceConversionRule" not in _rule_names():
+            factory.RegisterConverterRule(rule)

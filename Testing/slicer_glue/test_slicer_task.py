@@ -1,17 +1,22 @@
 """The worker task runner of the Slicer module, headless: blocking runs of a tiny stand-in worker (results loaded
-as their RESULT lines arrive, callbacks, cancel, temporary folder, the Logic's task list), and the QProcess
-callbacks driven by hand with a stand-in `qt` (qt itself is not importable here)."""
+as their RESULT lines arrive, callbacks, cancel, discarded results, temporary folder, the Logic's task list), and
+the QProcess mode driven by a stand-in `qt` (qt itself is not importable here), on real processes behind a
+PythonSlicer-like launcher for cancel."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 import types
 
+import numpy as np
 import pytest
 
 from VentricleSynthLib.slicer_glue.task import WorkerTask, launch
+from VentricleSynthLib.worker import processes
 from VentricleSynthLib.worker.protocol import Message, Plan, Progress, Result, Started, WorkerProtocol
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -103,15 +108,57 @@ def test_cancel_in_blocking_mode_keeps_finished_results(tmp_path):
     assert task.outcome is outcome
 
 
-def test_cancel_discarding_results_loads_nothing_more(tmp_path):
+# Sample 0 loaded, then the cancel; sample 1 is already on its way (in the pipe) and must not be loaded.
+_DISCARD_STAND_IN = """
+import os, signal, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it stops on "cancel" from stdin
+print(f"WORKER pid={os.getpid()} version=test command=generate", flush=True)
+print("RESULT " + sys.argv[1], flush=True)
+print("PROGRESS stage=mask step=1/2", flush=True)
+print("RESULT " + sys.argv[2], flush=True)
+sys.stdin.readline()
+sys.exit(130)
+"""
+
+
+def _sample_result(folder, index) -> str:
+    from VentricleSynthLib.generation.sample_folder import write_sample
+
+    label = np.zeros((12, 12, 12), np.int16)
+    label[3:6, 3:6, 3:6], label[6:9, 3:6, 3:6] = 4, 43
+    record = {"asked_ml": 0.05, "got_ml": 0.054, "seed": index, "seconds": 1.0}
+    sample = write_sample(folder, index, (label > 0) * 0.7 + 0.1, label, np.eye(4), record)
+    files = {"image": "image.nii.gz", "label": "label.nii.gz", "record": "sample.json"}
+    return json.dumps({"kind": "sample", "index": index, "files": {k: str(sample / f) for k, f in files.items()},
+                       **record})
+
+
+def test_discarded_results_are_not_loaded_and_loaded_ones_leave_the_scene(scene, tmp_path):
+    """cancel(discardResults=True) (scene close, reload): a result arriving afterwards is not loaded, the nodes the
+    task loaded leave their scene, `loaded` is empty when onFinished runs, and the outcome says so."""
+    from VentricleSynthLib.slicer_glue.results import load_sample
+
+    results = [_sample_result(tmp_path / "samples", k) for k in range(2)]
+    at_cancel, at_finish = [], []
+
     def on_event(event):
-        if isinstance(event, Started):
+        if isinstance(event, Progress):
+            at_cancel.append((len(task.loaded), scene.GetNumberOfNodes()))
             task.cancel(discardResults=True)
 
-    task = _task(tmp_path, mode="slow", loader=lambda result: result["index"], onEvent=on_event)
+    def on_finished(t):
+        at_finish.append((list(t.loaded), scene.GetNumberOfNodes(), t.outcome.message))
+
+    (tmp_path / "run").mkdir()
+    task = WorkerTask("generate", [sys.executable, "-c", _DISCARD_STAND_IN, *results], str(tmp_path), ENV,
+                      str(tmp_path / "run"), WorkerProtocol(), loader=lambda r: load_sample(r, scene=scene),
+                      onEvent=on_event, onFinished=on_finished)
     outcome = task.runBlocking(timeout=60)
-    assert task.discardResults and task.loaded == []
-    assert outcome.status == "cancelled" and outcome.message == "Cancelled."
+    assert at_cancel == [(1, 4)]  # one sample loaded: its volume, segmentation and their display nodes
+    assert len(task.protocol.results) == 2  # the second sample did arrive ...
+    assert at_finish == [([], 0, "Cancelled; its results were discarded.")]  # ... and nothing is left
+    assert (outcome.status, outcome.exit_code, outcome.results) == ("cancelled", 130, [])
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------- QProcess callbacks, stand-in qt
@@ -119,6 +166,8 @@ def test_cancel_discarding_results_loads_nothing_more(tmp_path):
 def fake_qt(monkeypatch):
     qt = types.ModuleType("qt")
     qt.QProcess = types.SimpleNamespace(NormalExit=0, CrashExit=1, FailedToStart=0, Crashed=1)
+    qt.QByteArray, qt.timers = bytes, []  # timers: (when due, callback) of QTimer.singleShot
+    qt.QTimer = types.SimpleNamespace(singleShot=lambda ms, call: qt.timers.append((time.monotonic() + ms / 1e3, call)))
     monkeypatch.setitem(sys.modules, "qt", qt)
     return qt
 
@@ -159,6 +208,103 @@ def test_qprocess_failing_to_start_says_which_program(tmp_path, fake_qt):
     assert task.outcome.message == (f"Could not start the worker ({sys.executable}): is Slicer's Python launcher "
                                     "present?")
     assert finished == [task] and not (tmp_path / "run").exists()
+
+
+class _RealProcess:
+    """The QProcess calls the task makes, on a real process with merged channels."""
+
+    def __init__(self, command):
+        self.popen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, env=ENV)
+        os.set_blocking(self.popen.stdout.fileno(), False)
+
+    def processId(self):
+        return self.popen.pid
+
+    def readAllStandardOutput(self):
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self.popen.stdout.fileno(), 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def write(self, data):
+        self.popen.stdin.write(data)
+        self.popen.stdin.flush()
+
+    def closeWriteChannel(self):
+        self.popen.stdin.close()
+
+    def kill(self):
+        self.popen.kill()
+
+    def deleteLater(self):
+        self.popen.stdout.close()
+
+
+def _event_loop(task, qt, limit=60.0):
+    """What Qt's event loop does for the task: readyRead, due timers, finished (CrashExit when a signal ended it)."""
+    deadline = time.monotonic() + limit
+    while not task.finished and time.monotonic() < deadline:
+        task._onReadyRead()
+        for due, call in [t for t in qt.timers if t[0] <= time.monotonic()]:
+            qt.timers.remove((due, call))
+            call()
+        code = task.process.popen.poll()
+        if code is not None:
+            task._onProcessFinished(max(code, 0), qt.QProcess.CrashExit if code < 0 else qt.QProcess.NormalExit)
+        time.sleep(0.02)
+
+
+# PythonSlicer-like: the worker is its child, stdin/stdout pass through, no signal is forwarded.
+_LAUNCHER = "import subprocess, sys\ncode = subprocess.Popen(sys.argv[1:]).wait()\nsys.exit(code if code >= 0 else 1)\n"
+_CLEANING_WORKER = """
+import os, signal, sys, time
+from pathlib import Path
+def stop(*_):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, signal.SIG_IGN if sys.argv[2] == "stubborn" else stop)
+print(f"WORKER pid={os.getpid()} version=test command=generate", flush=True)
+try:
+    print('RESULT {"kind": "sample", "index": 0}', flush=True)
+    print("PROGRESS stage=mask step=1/2", flush=True)
+    time.sleep(60)
+except KeyboardInterrupt:
+    time.sleep(1.0)
+    Path(sys.argv[1]).write_text("cleaned up")
+    sys.exit(130)
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+@pytest.mark.parametrize("mode", ["graceful", "stubborn"])
+def test_qprocess_cancel_through_a_launcher_stops_the_worker_not_the_launcher(tmp_path, fake_qt, mode):
+    """Cancel signals the worker (its WORKER pid), not the launcher: the worker cleans up and exits 130, which the
+    launcher passes on (a normal exit); a worker that ignores it is killed with its launcher after the grace."""
+    (tmp_path / "launcher.py").write_text(_LAUNCHER)
+    task = _task(tmp_path, loader=lambda result: result["index"],
+                 onEvent=lambda e: task.cancel() if isinstance(e, Progress) else None)
+    task.command = [sys.executable, str(tmp_path / "launcher.py"), sys.executable, "-c", _CLEANING_WORKER,
+                    str(tmp_path / "cleaned"), mode]
+    task.graceSeconds = 10.0 if mode == "graceful" else 0.5
+    task.process = _RealProcess(task.command)
+    _event_loop(task, fake_qt)
+    outcome, graceful = task.outcome, mode == "graceful"
+    assert outcome.status == "cancelled" and task.loaded == [0]
+    assert outcome.message == "Cancelled; 1 finished result(s) kept."
+    assert outcome.exit_code == (130 if graceful else None)  # 130 passed on by the launcher; else a CrashExit
+    assert (tmp_path / "cleaned").exists() == graceful and not (tmp_path / "run").exists()
+    assert len(fake_qt.timers) == graceful  # the kill, still pending when the worker stopped by itself
+    task.process.popen.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while processes._alive(task.protocol.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not processes._alive(task.protocol.pid)
 
 
 def test_the_task_module_imports_without_qt():

@@ -99,6 +99,43 @@ def test_run_worker_cancel_stops_the_worker_and_keeps_what_it_announced():
 
 
 def test_run_worker_timeout_stops_the_process_and_says_so():
+    """No WORKER line, stdin not read: nothing hears the graceful stop, so the kill comes after the grace."""
     code = "import time; print('PROGRESS stage=x step=0/1', flush=True); time.sleep(60)"
-    outcome = client.run_worker([PY, "-c", code], env=ENV, timeout=1.0)
+    started = time.monotonic()
+    outcome = client.run_worker([PY, "-c", code], env=ENV, timeout=1.0, grace=1.0)
+    assert 2.0 <= time.monotonic() - started < 30
     assert outcome.status == "timeout" and "did not finish within 1 s" in outcome.message
+
+
+# Stops on SIGTERM only (its pid from its WORKER line), leaving its pid in a file; the WORKER line comes late.
+_SIGTERM_ONLY = """
+import os, signal, sys, time
+def stop(*_):
+    open(sys.argv[1], "w").write(str(os.getpid()))
+    os._exit(130)
+signal.signal(signal.SIGTERM, stop)
+time.sleep(float(sys.argv[2]))
+print(f"WORKER pid={os.getpid()} version=test command=generate", flush=True)
+print("PROGRESS stage=mask step=1/2", flush=True)
+time.sleep(60)
+"""
+
+
+def test_run_worker_signals_a_worker_whose_pid_arrives_after_the_cancel(tmp_path):
+    events = []
+    started = time.monotonic()
+    outcome = client.run_worker([PY, "-c", _SIGTERM_ONLY, str(tmp_path / "stopped"), "0.5"], env=ENV, grace=30,
+                                on_event=events.append, should_cancel=lambda: True)
+    assert time.monotonic() - started < 20  # well before the grace is over
+    assert (outcome.status, outcome.exit_code) == ("cancelled", wp.EXIT_CANCELLED)
+    assert (tmp_path / "stopped").read_text() == str(events[0].pid)
+
+
+def test_run_worker_interrupted_by_its_caller_stops_the_worker_first(tmp_path):
+    def interrupt(event):
+        if isinstance(event, wp.Progress):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        client.run_worker([PY, "-c", _SIGTERM_ONLY, str(tmp_path / "stopped"), "0"], env=ENV, on_event=interrupt)
+    assert (tmp_path / "stopped").read_text().isdigit()  # it got its SIGTERM before run_worker gave up

@@ -204,3 +204,66 @@ def test_worker_info_lists_verified_bundles(models):
     names = {m["name"]: m for m in info["models"]}
     assert names["mask_generator"]["verified"] and names["image_generator"]["verified"]
     assert info["versions"]["torch"]
+
+
+# ---------------------------------------------------------------------- missing or stale packages
+def _shadowing(tmp_path, files: dict) -> dict:
+    """The worker's environment with stand-in modules (`files`: relative path -> text) ahead of the real ones."""
+    root = tmp_path / "shadow"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), str(REPO), ENV.get("PYTHONPATH")]))}
+
+
+STALE_MONAI = {"monai/__init__.py": '__version__ = "1.3.0"\n', "monai/networks/__init__.py": "",
+               "monai-1.3.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: monai\nVersion: 1.3.0\n"}
+
+
+@pytest.mark.parametrize("nets, reason", [
+    ("", "cannot import name 'AutoencoderKL' from 'monai.networks.nets'"),
+    ("AutoencoderKL = DiffusionModelUNet = SPADEAutoencoderKL = SPADEDiffusionModelUNet = object\n",
+     "No module named 'monai.networks.schedulers'"),
+])
+def test_a_stale_package_is_reported_as_such_with_exit_2_and_no_traceback(tmp_path, nets, reason):
+    """An older monai left by another extension: the panel gets one line naming it, why, and what to do."""
+    env = _shadowing(tmp_path, {**STALE_MONAI, "monai/networks/nets.py": nets})
+    parser = wp.WorkerProtocol()
+    command = client.generate_command(PY, str(tmp_path / "out"), ventricle_ml=40.0, device="cpu", threads=1)
+    outcome = client.run_worker(command, env=env, cwd=str(REPO), protocol=parser, timeout=300)
+    assert outcome.status == "user_error" and outcome.exit_code == 2, outcome.message
+    assert outcome.message.startswith("the installed monai 1.3.0 is incompatible (") and reason in outcome.message
+    assert "update it: in Slicer: VentricleSynth > Models > Install dependencies" in outcome.message
+    assert len(parser.errors) == 1 and not any("Traceback" in line or "internal error" in line for line in parser.log)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_import_error_is_blamed_on_the_package_it_comes_from():
+    def raised_in(module, error):
+        namespace = {"__name__": module, "error": error}
+        exec("def f():\n    raise error\n", namespace)  # noqa: S102 - a function of module `module`
+        try:
+            namespace["f"]()
+        except ImportError as exc:
+            return exc
+
+    blamed = worker._blamed_package
+    assert blamed(ImportError("cannot import name 'X'", name="monai.networks.nets")) == "monai"
+    assert blamed(raised_in("torch._C", ImportError("libcudnn.so.9: cannot open shared object file"))) == "torch"
+    assert blamed(raised_in("monai.utils", ImportError("cannot import name 'X' from 'typing'", name="typing"))) \
+        == "monai"
+    assert blamed(ModuleNotFoundError("No module named 'VentricleSynthLib.nowhere'",
+                                      name="VentricleSynthLib.nowhere")) is None  # a bug of ours
+    assert blamed(raised_in("VentricleSynthLib.generation.networks", ImportError("ours"))) is None
+
+
+def test_worker_info_needs_none_of_the_ml_packages(models, tmp_path):
+    """'Verify models' can run before the packages are installed: `worker info` imports none of them."""
+    models_dir, _origin = models
+    blocked = ("torch", "monai", "nnunetv2", "nibabel", "scipy", "safetensors", "matplotlib", "numpy")
+    env = _shadowing(tmp_path, {f"{name}.py": f"raise ImportError('{name} is not installed')\n" for name in blocked})
+    outcome = client.run_worker(client.info_command(PY, models=str(models_dir)), env=env, cwd=str(REPO), timeout=300)
+    assert outcome.ok, outcome.message
+    info = outcome.results[0]
+    assert info["versions"]["torch"] is None and info["versions"]["monai"] is None and info["devices"] == {}
+    assert {m["name"] for m in info["models"] if m["verified"]} >= {"mask_generator", "image_generator"}

@@ -165,7 +165,7 @@ def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> di
     for v in np.unique(volumes):
         mask.check_volume(float(v))  # one out of bounds refuses the cohort before anything is written
     _warn_outside_range(mask, volumes[:count])
-    settings = settings_for(mask, image, request.guidance, request.steps, request.candidates)
+    settings = settings_for(mask, image, request.guidance, request.steps, request.candidates, request.image_steps)
     # batch size and device type decide the values (batched kernels) and the batch size which shard owns what
     run = {"format": request.format, "distribution": dist.spec, "seed": seed, "guidance": settings.guidance,
            "steps": settings.steps, "candidates": settings.candidates, "models": {"mask": mask.id, "image": image.id},

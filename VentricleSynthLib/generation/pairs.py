@@ -29,9 +29,11 @@ class Pair:
 
 
 def settings_for(mask: MaskGenerator, image: ImageGenerator, guidance: float | None = None,
-                 steps: int | None = None, candidates: int | None = None) -> SamplingSettings:
+                 steps: int | None = None, candidates: int | None = None,
+                 image_steps: int | None = None) -> SamplingSettings:
     """Both bundles' sampling defaults ⊕ the request, checked."""
-    return resolve(mask.sampling, image.sampling, guidance=guidance, steps=steps, candidates=candidates)
+    return resolve(mask.sampling, image.sampling, guidance=guidance, steps=steps, candidates=candidates,
+                   image_steps=image_steps)
 
 
 def generate_pairs(mask: MaskGenerator, image: ImageGenerator, volumes: list[float], seeds: list[int],

@@ -50,13 +50,14 @@ class SamplingSettings:
 
 
 def resolve(mask_sampling: dict, image_sampling: dict | None, guidance=None, steps=None,
-            candidates=None) -> SamplingSettings:
-    """Request ⊕ bundle defaults (`steps` given applies to both stages), checked: guidance in 0..MAX_GUIDANCE,
-    steps integers in 1..MAX_STEPS, candidates an integer in 1..MAX_CANDIDATES. Without `image_sampling`,
-    the settings of the mask stage alone."""
+            candidates=None, image_steps=None) -> SamplingSettings:
+    """Request ⊕ bundle defaults (`steps` given applies to both stages, `image_steps` to the image stage, over
+    `steps`), checked: guidance in 0..MAX_GUIDANCE, steps integers in 1..MAX_STEPS, candidates an integer in
+    1..MAX_CANDIDATES. Without `image_sampling`, the settings of the mask stage alone."""
     guidance = float(mask_sampling["guidance"] if guidance is None else guidance)
     mask_steps = int(mask_sampling["steps"] if steps is None else steps)
-    image_steps = None if image_sampling is None else int(image_sampling["steps"] if steps is None else steps)
+    if image_sampling is not None:
+        image_steps = int(next(s for s in (image_steps, steps, image_sampling["steps"]) if s is not None))
     candidates = int(mask_sampling.get("candidates", 1)) if candidates is None else candidates
     if not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
         raise RequestError(f"guidance must be a number in 0..{MAX_GUIDANCE:g}, got {guidance:g}")

@@ -84,6 +84,15 @@ def user_models_dir() -> str:
     return str(value or "")
 
 
+def worth_saving(path) -> bool:
+    """Whether a models folder typed in the Models section is kept in the settings: "" (back to the default) or a
+    folder that holds a bundle. The path field reports every keystroke; the partial paths on the way are not."""
+    from VentricleSynthLib.bundles.store import IMAGE, MASK, SEGMENTER
+
+    path = str(path or "")
+    return not path or any(os.path.isfile(os.path.join(path, kind, "config.json")) for kind in (MASK, IMAGE, SEGMENTER))
+
+
 def set_user_models_dir(path) -> None:
     import qt
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 
 from VentricleSynthLib.slicer_glue.i18n import tr as _
-from VentricleSynthLib.slicer_glue.mrml import RECORD_ATTRIBUTE
+from VentricleSynthLib.slicer_glue.mrml import RECORD_ATTRIBUTE, is_synthetic
 from VentricleSynthLib.slicer_glue.results import show_sample
 from VentricleSynthLib.slicer_glue.segmentation_nodes import ventricle_report
+from VentricleSynthLib.slicer_glue.volume_table import export_volume_table_csv, volume_table_for
 from VentricleSynthLib.worker.protocol import Message, Progress, Result
+
+VOLUME_RANGE_ML = (0.1, 500.0)  # what the parameter node accepts; the slider shows the bundle's trained range in it
 
 
 def event_display(event) -> tuple[int | None, str | None, str | None]:
@@ -38,20 +41,35 @@ def trained_range(defaults: dict, models_dir: str) -> tuple[tuple[float, float] 
     low, high = trained
     text = _("Trained range: {low:.1f} to {high:.1f} mL ({profile} profile)").format(
         low=low, high=high, profile=defaults.get("profile") or "?")
-    return (max(0.1, round(low, 1)), round(high, 1)), text
+    minimum, maximum = VOLUME_RANGE_ML
+    low = min(max(minimum, round(low, 1)), maximum)
+    return (low, min(max(low, round(high, 1)), maximum)), text
 
 
-def bundle_parameters(defaults: dict, applied_from: str, guidance: float, steps: int) -> dict:
-    """Parameter-node values from the bundle's defaults, once per models folder (`applied_from`: the folder
-    whose defaults were applied last; a user's own choices are kept afterwards). {} when nothing changes."""
+def bundle_parameters(defaults: dict, applied_from: str) -> dict:
+    """Parameter-node values from the bundles' defaults (guidance, each stage's steps, the middle of the trained
+    range), once per models folder (`applied_from`: the folder whose defaults were applied last; a user's own
+    choices are kept afterwards). {} when nothing changes."""
     if not defaults or applied_from == defaults.get("models_dir", ""):
         return {}
-    values = {"guidanceScale": float(defaults.get("guidance", guidance)), "steps": int(defaults.get("steps", steps))}
+    values = {name: kind(defaults[key]) for name, key, kind in (
+        ("guidanceScale", "guidance", float), ("maskSteps", "steps", int), ("imageSteps", "image_steps", int))
+        if key in defaults}
     trained = defaults.get("trained_range_ml")
     if trained:
         values["ventricleVolumeMl"] = float(round((trained[0] + trained[1]) / 2, 1))
     values["defaultsFromModels"] = defaults.get("models_dir", "")
     return values
+
+
+def default_input_volume(scene):
+    """The volume Segment starts with: the first scalar volume of `scene` that is neither a label map (Slicer's
+    label map nodes are scalar volume nodes too) nor a synthetic sample; None when there is none."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if not node.IsA("vtkMRMLLabelMapVolumeNode") and not is_synthetic(node):
+            return node
+    return None
 
 
 def _record(node) -> dict:
@@ -107,12 +125,6 @@ def models_folder_text(defaults: dict, folder: str) -> str:
     return _("Models folder: {folder}. Press 'Verify models' to check checksums.").format(folder=folder)
 
 
-def dependencies_text(missing: list[str]) -> str:
-    if missing:
-        return _("Missing Python packages: {names}").format(names=", ".join(missing))
-    return _("All Python packages the worker needs are installed.")
-
-
 def fill_table(table, rows, tooltips=None, alignRight=()) -> None:
     """Replace the rows of a QTableWidget (Slicer only: imports qt)."""
     import qt
@@ -149,9 +161,9 @@ def show_event(ui, event) -> None:
         ui.statusLabel.text = status
 
 
-def update_buttons(ui, task, has_input: bool) -> None:
+def update_buttons(ui, task, has_input: bool, segmentation=None) -> None:
     """Buttons while `task` (the panel's last `WorkerTask`, or None) runs: its own button reads Cancel, the
-    others are disabled; Segment needs an input volume."""
+    others are disabled; Segment needs an input volume, Export a `segmentation` with its volume table."""
     running = task is not None and not task.finished
     running_kind = task.kind if running else None
     ui.generateButton.text = _("Cancel") if running_kind == "generate" else _("Generate")
@@ -163,6 +175,7 @@ def update_buttons(ui, task, has_input: bool) -> None:
                                 _("Select an input volume first"))
     ui.refreshModelsButton.enabled = not running
     ui.installDependenciesButton.enabled = not running
+    ui.exportVolumesButton.enabled = segmentation is not None and volume_table_for(segmentation) is not None
 
 
 def apply_model_defaults(ui, parameter_node, defaults: dict, models_dir: str) -> None:
@@ -173,8 +186,7 @@ def apply_model_defaults(ui, parameter_node, defaults: dict, models_dir: str) ->
         ui.ventricleVolumeSliderWidget.minimum, ui.ventricleVolumeSliderWidget.maximum = slider_range
     if parameter_node is None:
         return
-    for name, value in bundle_parameters(defaults, parameter_node.defaultsFromModels, parameter_node.guidanceScale,
-                                         parameter_node.steps).items():
+    for name, value in bundle_parameters(defaults, parameter_node.defaultsFromModels).items():
         setattr(parameter_node, name, value)
 
 
@@ -196,6 +208,18 @@ def show_result(ui, task) -> None:
         if info:
             fill_table(ui.modelsTable, *models_rows(info))
             ui.versionsLabel.text = versions_text(info)
+
+
+def export_volumes(segmentation, parent=None) -> str | None:
+    """Ask where to save the volume table of `segmentation` and write it as CSV; the path, or None if cancelled."""
+    import qt
+
+    table = volume_table_for(segmentation)
+    suggestion = (table.GetName() if table is not None else "ventricle volumes") + ".csv"
+    path = qt.QFileDialog.getSaveFileName(parent, _("Export ventricle volumes"), suggestion, _("CSV files (*.csv)"))
+    if not path:
+        return None
+    return str(export_volume_table_csv(segmentation, path))
 
 
 def show_models_folder(ui, defaults: dict, folder: str) -> None:

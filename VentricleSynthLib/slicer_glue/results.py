@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from VentricleSynthLib.slicer_glue.mrml import RECORD_ATTRIBUTE, is_synthetic, tag_synthetic
+from VentricleSynthLib.slicer_glue.mrml import RECORD_ATTRIBUTE, is_synthetic
 from VentricleSynthLib.slicer_glue.segmentation_nodes import load_segmentation_file
 from VentricleSynthLib.slicer_glue.volume_nodes import load_volume_file
 
@@ -41,22 +41,25 @@ def load_sample(result: dict, scene=None, labels="ventricles", closed_surface: b
 
 
 def load_segmentation_result(result: dict, reference_volume_node, scene=None, closed_surface: bool = True,
-                             name: str | None = None, show: bool = False):
-    """Load a `RESULT {"kind": "segmentation", ...}` of `worker segment` onto the input volume node
-    (same grid, same parent transform). Returns the segmentation node."""
+                             name: str | None = None, show: bool = False, table: bool = True):
+    """Load a `RESULT {"kind": "segmentation", ...}` of `worker segment` onto the input volume node (same grid,
+    same parent transform), named "<volume> ventricles"; with `table`, its volume table beside it
+    (`volume_table.volume_table_for(node)`). Synthetic if the input is. Returns the segmentation node."""
+    from VentricleSynthLib.slicer_glue.volume_table import volume_table_from_result
+
     files = result["files"]
     base = name or (f"{reference_volume_node.GetName()} ventricles" if reference_volume_node is not None
                     else "Ventricles")
+    if scene is None and reference_volume_node is not None:
+        scene = reference_volume_node.GetScene()
     node = load_segmentation_file(files["label"], name=base, scene=scene, labels="ventricles",
                                   reference_volume_node=reference_volume_node, closed_surface=closed_surface,
-                                  show=show)
-    if reference_volume_node is not None and reference_volume_node.GetTransformNodeID():
-        node.SetAndObserveTransformNodeID(reference_volume_node.GetTransformNodeID())
-    report = {k: result[k] for k in ("ventricle_ml", "per_label_ml", "tiv_ml", "warnings", "seconds", "device")
-              if k in result}
+                                  synthetic=is_synthetic(reference_volume_node), show=show)
+    report = {k: result[k] for k in ("ventricle_ml", "per_label_ml", "tiv_ml", "relative_volume", "warnings",
+                                     "seconds", "device", "tta", "model", "ventriclesynth") if k in result}
     node.SetAttribute(RECORD_ATTRIBUTE, json.dumps(report))
-    if is_synthetic(reference_volume_node):
-        tag_synthetic(node)
+    if table:
+        volume_table_from_result(result, node, input_volume_node=reference_volume_node)
     return node
 
 

@@ -8,8 +8,18 @@ import os
 import numpy as np
 
 from VentricleSynthLib.labels import LABELS, SCHEMA, VENTRICLE_LABELS
-from VentricleSynthLib.slicer_glue.mrml import (LABEL_ATTRIBUTE, _as_ras, _check_representable, _ensure_display,
-                                                _scene, _slicer, _stem, numpy_matrix, tag_synthetic, vtk_matrix)
+from VentricleSynthLib.slicer_glue.mrml import (
+    LABEL_ATTRIBUTE,
+    _as_ras,
+    _check_representable,
+    _ensure_display,
+    _scene,
+    _slicer,
+    _stem,
+    numpy_matrix,
+    tag_synthetic,
+    vtk_matrix,
+)
 
 _SLICER_ANATOMY = "Segmentation category and type - 3D Slicer General Anatomy list"
 _ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -33,19 +43,35 @@ def terminology_entry(label: int) -> str | None:
     return f"{_SLICER_ANATOMY}~{_STRUCTURE}~{type_code}~{modifier}~{_ANATOMIC_CONTEXT}~^^~^^"
 
 
-def ensure_segmentation_converters() -> None:
-    """Register the labelmap <-> closed surface rules (Slicer does this at startup; slicer-core does not)."""
-    slicer = _slicer()
-    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+_CONVERTER_RULES = ("vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule")
+_registered_here = False  # rules this process registered when the factory cannot list its rules
+
+
+def registered_rule_names(factory) -> set[str] | None:
+    """Class names of the factory's converter rules; None where this wrapping cannot list them."""
     try:
-        have = {rule.GetClassName() for rule in factory.GetConverterRules()}
-    except TypeError:  # not enumerable in this wrapping: inside the application the rules are registered
-        if getattr(slicer, "app", None) is not None:
+        return {rule.GetClassName() for rule in factory.GetConverterRules()}
+    except (TypeError, AttributeError):  # std::vector of smart pointers: not wrapped in every build
+        return None
+
+
+def ensure_segmentation_converters() -> None:
+    """Register the labelmap <-> closed surface rules where nobody did (slicer-core); a no-op in the application,
+    whose Segmentations module registers them at start-up."""
+    global _registered_here
+    slicer = _slicer()
+    if getattr(slicer, "app", None) is not None:  # running Slicer: vtkSlicerSegmentationsModuleLogic::RegisterNodes
+        return
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    have = registered_rule_names(factory)
+    if have is None:
+        if _registered_here:
             return
         have = set()
-    for cls in ("vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule"):
+    for cls in _CONVERTER_RULES:
         if cls not in have and hasattr(slicer, cls):
             factory.RegisterConverterRule(getattr(slicer, cls)())
+    _registered_here = True
 
 
 def _label_selection(labels) -> tuple[int, ...]:
@@ -86,7 +112,9 @@ def segmentation_from_label_map(label_map, affine=None, name: str = "Ventricles"
     named and coloured from `labels.SCHEMA`, with Slicer terminology for ventricles, the FreeSurfer
     number in the segment tag `VentricleSynth.Label`, sharing one labelmap layer. Labels absent from the
     map give empty segments (a volume of 0 mL is a result too). Reference geometry: `reference_volume_node`
-    if given (must share the map's grid for exact voxels), else the label map's own grid.
+    if given (must share the map's grid for exact voxels), else the label map's own grid. With a reference volume,
+    the affine is in that volume's own frame: the node takes the volume's parent transform (set first, see
+    `SetReferenceImageGeometryParameterFromVolumeNode`), so segment and volume voxels coincide in the world.
     """
     slicer = _slicer()
     if affine is None:
@@ -103,6 +131,8 @@ def segmentation_from_label_map(label_map, affine=None, name: str = "Ventricles"
     ensure_segmentation_converters()
     if node is None:
         node = _scene(scene).AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    if reference_volume_node is not None:  # first: Slicer bakes a differing parent transform into the geometry
+        node.SetAndObserveTransformNodeID(reference_volume_node.GetTransformNodeID())
     segmentation = node.GetSegmentation()
     binary_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
     if segmentation.GetSourceRepresentationName() != binary_name:

@@ -7,20 +7,37 @@ and outcome; non-blocking through qt.QProcess (inside Slicer) or blocking throug
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
 
 from VentricleSynthLib.slicer_glue.i18n import tr as _
 from VentricleSynthLib.worker.client import run_worker
-from VentricleSynthLib.worker.processes import kill_process_tree, process_tree, signal_pids
-from VentricleSynthLib.worker.protocol import Outcome, Result
+from VentricleSynthLib.worker.processes import GRACE_SECONDS, WorkerStop
+from VentricleSynthLib.worker.protocol import Outcome, Result, Started
 
 
 def _qt():
     import qt
 
     return qt
+
+
+def remove_nodes(value) -> int:
+    """Remove the MRML node(s) of one loaded result (a node or a tuple of nodes) from their scene, with their
+    display and storage nodes, where they are still there. Returns how many nodes were removed."""
+    removed = 0
+    for node in value if isinstance(value, (tuple, list)) else (value,):
+        scene = node.GetScene() if hasattr(node, "GetScene") else None
+        if scene is None or not scene.IsNodePresent(node):
+            continue
+        related = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] \
+            if hasattr(node, "GetNumberOfDisplayNodes") else []
+        if hasattr(node, "GetNumberOfStorageNodes"):
+            related += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+        for item in [node] + related:
+            if item is not None and scene.IsNodePresent(item):
+                scene.RemoveNode(item)
+                removed += 1
+    return removed
 
 
 class WorkerTask:
@@ -31,6 +48,8 @@ class WorkerTask:
     Results are loaded as soon as their RESULT line arrives (their files are complete by then); the
     temporary folder is removed when the run ends, whatever the outcome.
     """
+
+    graceSeconds = GRACE_SECONDS  # from the graceful stop of a cancel to the kill of the worker's tree
 
     def __init__(self, kind, command, cwd, environment, tempDir, protocol, loader=None, onEvent=None,
                  onFinished=None):
@@ -49,7 +68,7 @@ class WorkerTask:
         self.cancelRequested = False
         self.discardResults = False
         self.process = None
-        self._pids = []
+        self._stop = None
 
     @property
     def finished(self) -> bool:
@@ -65,6 +84,8 @@ class WorkerTask:
             except Exception as exc:  # noqa: BLE001 - report and keep reading the worker
                 logging.exception("VentricleSynth: could not load a result")
                 self.loadErrors.append(f"{exc.__class__.__name__}: {exc}")
+        if isinstance(event, Started) and self._stop is not None:
+            self._stop.found_worker(event.pid)  # its WORKER line came after the cancel
         if self.onEvent is not None:
             try:
                 self.onEvent(event)
@@ -74,7 +95,8 @@ class WorkerTask:
     # -- blocking mode
     def runBlocking(self, timeout=None):
         outcome = run_worker(self.command, env=self.environment, cwd=self.cwd, on_event=self.handleEvent,
-                             protocol=self.protocol, timeout=timeout, should_cancel=lambda: self.cancelRequested)
+                             protocol=self.protocol, timeout=timeout, should_cancel=lambda: self.cancelRequested,
+                             grace=self.graceSeconds)
         self._finish(outcome)
         return self.outcome
 
@@ -114,8 +136,8 @@ class WorkerTask:
         for event in self.protocol.flush():
             self.handleEvent(event)
         crashed = exitStatus == _qt().QProcess.CrashExit
-        if self._pids:  # whatever the cancelled worker had started must not outlive it
-            signal_pids(self._pids, getattr(signal, "SIGKILL", signal.SIGTERM))
+        if self._stop is not None:  # whatever the cancelled worker had started must not outlive it
+            self._stop.kill(root_exited=True)
         self._finish(self.protocol.finish(None if crashed else int(exitCode), cancel_requested=self.cancelRequested,
                                           crashed=crashed))
 
@@ -125,34 +147,35 @@ class WorkerTask:
             self._finish(Outcome("failed", None, message.format(program=self.command[0])))
 
     def cancel(self, discardResults=False) -> None:
-        """Stop the worker: 'cancel' on its stdin and SIGTERM to its whole process tree (it cleans up and
-        exits 130), SIGKILL/taskkill for whatever is left after 3 s."""
+        """Stop the worker as `worker.processes.WorkerStop` does: 'cancel' on its stdin and SIGTERM to the worker's
+        own pid (Slicer's launcher forwards stdin, not signals); it cleans up and exits 130. Its whole tree is
+        killed after `graceSeconds`. `discardResults`: nothing more is loaded, and what this task loaded is
+        removed from the scene (the scene or the panel is going away); the outcome says so."""
+        if self.finished:
+            return
         if discardResults:
             self.discardResults = True
-        if self.finished or self.cancelRequested:
+            for value in self.loaded:
+                remove_nodes(value)
+            self.loaded.clear()
+        if self.cancelRequested:
             return
         self.cancelRequested = True
         if self.process is None:
             return  # blocking mode: run_worker polls cancelRequested
-        qt = _qt()
-        pid = int(self.process.processId() or 0) or None
-        self._pids = process_tree(pid, [self.protocol.pid] if self.protocol.pid else [])
-        try:
-            self.process.write(qt.QByteArray(b"cancel\n"))
-            self.process.closeWriteChannel()
-        except Exception:  # noqa: BLE001 - best effort; signals follow
-            pass
-        signal_pids(self._pids)
-        qt.QTimer.singleShot(3000, self._forceKill)
+        self._stop = WorkerStop(int(self.process.processId() or 0) or None, self.protocol.pid,
+                                write_cancel=self._writeCancel, grace=self.graceSeconds)
+        self._stop.begin()
+        _qt().QTimer.singleShot(int(self.graceSeconds * 1000), self._forceKill)
+
+    def _writeCancel(self) -> None:
+        self.process.write(_qt().QByteArray(b"cancel\n"))
+        self.process.closeWriteChannel()
 
     def _forceKill(self) -> None:
         if self.finished or self.process is None:
             return
-        if os.name == "nt":
-            kill_process_tree(int(self.process.processId() or 0) or None, timeout=0,
-                              extra_pids=[self.protocol.pid] if self.protocol.pid else [])
-        else:
-            signal_pids(self._pids, getattr(signal, "SIGKILL", signal.SIGTERM))
+        self._stop.kill()
         self.process.kill()
 
     def _finish(self, outcome) -> None:
@@ -160,7 +183,9 @@ class WorkerTask:
             return
         if self.tempDir:
             shutil.rmtree(self.tempDir, ignore_errors=True)
-        if outcome.ok and self.loadErrors:
+        if self.discardResults and outcome.status in ("ok", "cancelled"):
+            outcome = Outcome("cancelled", outcome.exit_code, _("Cancelled; its results were discarded."))
+        elif outcome.ok and self.loadErrors:
             outcome = Outcome("failed", outcome.exit_code,
                               _("The worker finished but its results could not be loaded: ")
                               + "; ".join(self.loadErrors), outcome.results)

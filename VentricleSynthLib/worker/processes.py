@@ -1,5 +1,6 @@
-"""Stopping a worker and everything it started: the process tree of a pid, signals to a list of
-pids, and SIGTERM-then-SIGKILL of a whole tree (taskkill /T on Windows).
+"""Stopping a worker and everything it started: the process tree of a pid, signals to a list of pids, and
+`WorkerStop`, the cancel sequence (graceful stop of the worker, then SIGKILL or taskkill /T of the whole tree)
+that both the QProcess mode and the blocking runner use.
 
 Standard library only (psutil is used when Slicer happens to have it), like `worker.protocol`.
 """
@@ -105,22 +106,104 @@ def signal_pids(pids: Iterable[int], sig: int | None = None) -> None:
                 pass
 
 
-def kill_process_tree(pid: int | None, timeout: float = 3.0, extra_pids: Iterable[int] = ()) -> list[int]:
-    """Stop `pid` and all its descendants: SIGTERM first (the worker cleans up and exits 130), SIGKILL
-    after `timeout` seconds. `extra_pids` (e.g. the worker's own pid from its WORKER line, in case the
-    launcher in between has gone) are included. Returns the pids signalled. Windows: taskkill /T /F."""
-    if pid is None and not extra_pids:
-        return []
-    roots = [int(p) for p in ([pid] if pid is not None else []) + list(extra_pids) if p]
-    if os.name == "nt":
-        for root in roots:
-            subprocess.run(["taskkill", "/PID", str(root), "/T", "/F"], capture_output=True,
-                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
-        return roots
-    targets = process_tree(None, roots)
-    signal_pids(targets, signal.SIGTERM)
-    deadline = time.monotonic() + max(0.0, timeout)
-    while time.monotonic() < deadline and any(_alive(p) for p in targets):
-        time.sleep(0.05)
-    signal_pids(targets, signal.SIGKILL)
-    return targets
+# ----------------------------------------------------------------------------------- cancel sequence
+GRACE_SECONDS = 10.0  # a denoising step on the CPU may take seconds before the worker sees its signal
+
+
+def _start_time(pid: int) -> str | None:
+    """Kernel start time of `pid` (Linux), to tell it from a later process reusing the number; None elsewhere."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+class WorkerStop:
+    """Cancel a worker that may run behind a launcher: Slicer's PythonSlicer is a CTKAppLauncher that runs
+    python-real as its child, passes stdin and stdout through, and forwards no signal (it dies of SIGTERM).
+
+    `begin()`: record the tree, 'cancel' + end of stdin (`write_cancel`), SIGTERM to the worker's own pid
+    (its WORKER line), never to the launcher: the worker cleans up and exits 130, the launcher with it.
+    `kill()`: after `grace` seconds, SIGKILL (Windows: taskkill /T /F) whatever of the tree is left;
+    `kill(root_exited=True)`: once the launcher has exited, the worker's leftover children (POSIX only).
+    """
+
+    def __init__(self, root_pid: int | None, worker_pid: int | None = None, write_cancel=None,
+                 grace: float = GRACE_SECONDS):
+        self.root_pid = int(root_pid) if root_pid else None
+        self.worker_pid = int(worker_pid) if worker_pid else None
+        self.write_cancel = write_cancel
+        self.grace = float(grace)
+        self.deadline: float | None = None
+        self.killed = False
+        self.pids: list[int] = []
+        self._identity: dict[int, str | None] = {}
+        self._terminated: set[int] = set()
+
+    def _same(self, pid: int) -> bool:
+        started = self._identity.get(pid)
+        return started is None or _start_time(pid) in (started, None)
+
+    def _record(self, root_exited: bool = False) -> None:
+        """Add the descendants of the recorded processes (still the same ones) to the record."""
+        roots = [p for p in self.pids if self._same(p) and not (root_exited and p == self.root_pid)]
+        roots += [p for p in (self.root_pid, self.worker_pid)
+                  if p and p not in self._identity and not (root_exited and p == self.root_pid)]
+        for pid in process_tree(None, roots):
+            if pid not in self._identity:
+                self._identity[pid] = _start_time(pid)
+                self.pids.append(pid)
+
+    def _terminate_worker(self) -> None:
+        pid = self.worker_pid
+        if os.name == "nt" or not pid or pid in self._terminated or pid == os.getpid():
+            return
+        self._terminated.add(pid)
+        signal_pids([pid], signal.SIGTERM)
+
+    def begin(self) -> None:
+        """The graceful request: stdin first (it reaches the worker through any launcher), then SIGTERM."""
+        if self.deadline is not None:
+            return
+        self.deadline = time.monotonic() + self.grace
+        if os.name != "nt":
+            self._record()
+        if self.write_cancel is not None:
+            try:
+                self.write_cancel()
+            except Exception:  # noqa: BLE001 - stdin already closed or the launcher gone; SIGTERM and kill follow
+                pass
+        self._terminate_worker()
+
+    def found_worker(self, pid: int | None) -> None:
+        """The worker's WORKER line arrived after `begin()`: it gets its SIGTERM now."""
+        if pid and self.deadline is not None and self.worker_pid is None:
+            self.worker_pid = int(pid)
+            if os.name != "nt":
+                self._record()
+            self._terminate_worker()
+
+    @property
+    def overdue(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def kill(self, root_exited: bool = False) -> list[int]:
+        """SIGKILL what is left of the tree, children started since `begin()` included. Returns the pids."""
+        self.killed = True
+        if os.name == "nt":
+            if root_exited:  # taskkill /T needs the living parent, and Windows reuses pids quickly
+                return []
+            roots = [p for p in (self.root_pid, self.worker_pid) if p]
+            for root in roots:
+                subprocess.run(["taskkill", "/PID", str(root), "/T", "/F"], capture_output=True,
+                               creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            return roots
+        self._record(root_exited)
+        targets = [p for p in self.pids if self._same(p) and not (root_exited and p == self.root_pid)]
+        signal_pids(targets, signal.SIGKILL)
+        return targets
+
+    def wait(self, root_exited, poll_seconds: float = 0.05) -> None:
+        """Block until `root_exited()` or the grace period is over (the blocking runner's error path)."""
+        while not root_exited() and not self.overdue:
+            time.sleep(poll_seconds)

@@ -28,7 +28,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Union
 
 # Reserved exit codes of the worker.
 EXIT_OK = 0
@@ -100,7 +100,8 @@ class Message:
     text: str
 
 
-Event = Started | Plan | Progress | Result | Message
+# Union, not `A | B`: this module runs in Slicer's Python, where `|` between classes needs Python >= 3.10.
+Event = Union[Started, Plan, Progress, Result, Message]
 
 
 def format_seconds(seconds: float) -> str:

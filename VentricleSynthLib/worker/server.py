@@ -1,6 +1,6 @@
 """`python -m VentricleSynthLib worker …`: the out-of-process entry the Slicer module runs.
 
-    worker generate --ventricle-ml V [--guidance W] [--steps N] [--seed S] [--count K]
+    worker generate --ventricle-ml V [--guidance W] [--steps N] [--image-steps N] [--seed S] [--count K]
                     [--device D] [--models DIR] --out DIR [--threads T] [--watch-stdin]
         -> OUT/sample_000/{image.nii.gz,label.nii.gz,preview.png,sample.json}, ...
     worker segment --input IMAGE.nii.gz --out DIR [--device D] [--models DIR] [--tta] [--allow-thick-slices]
@@ -76,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--ventricle-ml", type=float, required=True, help="requested ventricular volume in mL")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: bundle's)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps per stage (default: each bundle's)")
+    p.add_argument("--image-steps", type=int, default=None, help="DDIM steps of the image stage, over --steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample k uses seed+k")
     p.add_argument("--count", type=int, default=1, help="number of samples")
     p.add_argument("--out", required=True, help="output folder; samples go to OUT/sample_000, ...")
@@ -99,11 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------ cancellation
+_REQUESTS = [0]  # cancel requests of this run
+
+
 def _raise_cancelled(signum, _frame):
+    """Raise Cancelled, but not for the second request: the Logic sends 'cancel' on stdin and SIGTERM, and the
+    second must not interrupt the cleanup the first started (a third, e.g. Ctrl+C again, still does)."""
+    _REQUESTS[0] += 1
+    if _REQUESTS[0] == 2:
+        return
     raise Cancelled(signal.Signals(signum).name)
 
 
 def _install_signal_handlers() -> dict:
+    _REQUESTS[0] = 0
     previous = {}
     if threading.current_thread() is not threading.main_thread():
         return previous
@@ -176,6 +186,47 @@ def _is_out_of_memory(exc: BaseException) -> bool:
                                               or "not enough memory" in text)
 
 
+INSTALL_HINT = "in Slicer: VentricleSynth > Models > Install dependencies, which installs the tested versions"
+
+
+def _blamed_package(exc: ImportError) -> str | None:
+    """The top-level package an ImportError comes from: the module it names, else the innermost frame outside
+    the standard library; None when that is this library (a bug)."""
+    stdlib = getattr(sys, "stdlib_module_names", frozenset())
+    names, tb = [exc.name or ""], exc.__traceback__
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame.f_globals.get("__name__") or "")
+        tb = tb.tb_next
+    for name in names + frames[::-1]:
+        top = name.split(".")[0]
+        if top and top not in stdlib and not top.startswith("_"):
+            return None if top == __package__.split(".")[0] else top
+    return None
+
+
+def _import_failed(exc: ImportError) -> int:
+    """A missing or stale third-party package: one `error:` line saying what to do (exit 2), no traceback."""
+    package = _blamed_package(exc)
+    if package is None:
+        traceback.print_exc()
+        print_error(f"internal error: {exc.__class__.__name__}: {exc} (a bug; please report it with the log)")
+        return EXIT_FAILED
+    from importlib import metadata
+
+    try:
+        distribution = (metadata.packages_distributions().get(package) or [package])[0]
+        installed = f"{package} {metadata.version(distribution)}"
+    except Exception:  # noqa: BLE001 - no metadata: name the package alone
+        distribution, installed = package, package
+    if isinstance(exc, ModuleNotFoundError) and exc.name == package:
+        print_error(f"the Python package {package!r} is missing: install the requirements ({INSTALL_HINT})")
+    else:
+        print_error(f"the installed {installed} is incompatible ({exc}); update it: {INSTALL_HINT}; "
+                    f"elsewhere: pip install --upgrade {distribution}")
+    return EXIT_USER_ERROR
+
+
 # --------------------------------------------------------------------------------------- commands
 def _generate(args) -> int:
     from VentricleSynthLib.cohorts.distributions import check_seed
@@ -200,7 +251,7 @@ def _generate(args) -> int:
     warnings = mask.check_volume(args.ventricle_ml)
     mask.settings(args.guidance, args.steps)  # a bad request fails before the image model loads
     image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
-    settings = settings_for(mask, image, args.guidance, args.steps)
+    settings = settings_for(mask, image, args.guidance, args.steps, image_steps=args.image_steps)
     guidance, mask_steps, image_steps = settings.guidance, settings.mask_steps, settings.image_steps
     out = writable_dir(args.out)
     for warning in warnings:
@@ -258,6 +309,7 @@ def _segment(args) -> int:
     for warning in report.get("warnings") or []:
         print_warning(warning)
     report["seconds"] = round(time.perf_counter() - start, 3)
+    report["ventriclesynth"] = __version__  # the Slicer table keeps it beside the model's version and checksum
     write_json(out / SEGMENTATION_REPORT, report)
     emit(format_progress("segment", 1, 1, 1, 1))
     emit(format_result({"kind": "segmentation", "files": {"label": str(label_path),
@@ -314,14 +366,8 @@ def run(args) -> int:
     except VentricleSynthError as exc:
         print_error(str(exc))
         return exc.exit_code
-    except ModuleNotFoundError as exc:
-        if not exc.name or exc.name.split(".")[0] == __package__:
-            traceback.print_exc()
-            print_error(f"internal error: {exc}")
-            return EXIT_FAILED
-        print_error(f"the Python package {exc.name.split('.')[0]!r} is missing: install the requirements "
-                    "(in Slicer: VentricleSynth > Models > Install dependencies)")
-        return EXIT_USER_ERROR
+    except ImportError as exc:
+        return _import_failed(exc)
     except Exception as exc:  # noqa: BLE001 - the worker must always end with a reserved code
         if _is_out_of_memory(exc):
             device = getattr(args, "device", "auto")
