@@ -18,6 +18,24 @@ def voxel_world(shape, affine) -> np.ndarray:
     return (affine[:3, :3] @ ijk + affine[:3, 3:4]).reshape((3,) + tuple(shape))
 
 
+def segmenter_cases(n: int, shape=(28, 40, 32), spacing: float = 4.0) -> list:
+    """n small segmenter cases (training.segmenter.raw_export.Case) already on a profile grid of `shape` and
+    `spacing`: images in [0, 1], two ventricle labels (FreeSurfer 4 and 43); the last one is the val split."""
+    from training.segmenter.raw_export import Case
+    from VentricleSynthLib.io.nifti import Volume
+
+    affine = np.diag([spacing] * 3 + [1.0])
+    out = []
+    for i in range(n):
+        image = np.random.default_rng(i).random(shape).astype(np.float32) * 0.5
+        label = np.zeros(shape, np.int16)
+        label[8:14 + i, 10:20, 12:18], label[18:24, 10:20 + i, 12:18] = 4, 43
+        image[label > 0] += 0.4
+        out.append(Case(f"case_{i:04d}", f"test/case_{i}", "val" if i == n - 1 else "train",
+                        lambda im=image, lab=label: (Volume(im, affine), Volume(lab, affine))))
+    return out
+
+
 TRAIN = [sys.executable, str(REPO_ROOT / "training" / "train.py")]
 TRAIN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"}
 

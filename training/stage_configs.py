@@ -161,6 +161,10 @@ class GeneratorsConfig:
 # regions decide (VentricleSynthLib.segmentation.decision.union_and_scores: the union head measured worse on
 # validation).
 TARGETS = ("labels", "union+labels")
+# nnU-Net's reader/writer for the raw dataset's .nii.gz files (dataset.json `overwrite_image_reader_writer`). null:
+# nnU-Net's own choice, SimpleITKIO. NibabelIO gives the same arrays in the same (z, y, x) order and spacing and
+# needs no SimpleITK at run time (benchmarks/gpu_check.py: the device machine has no room for SimpleITK).
+READER_WRITERS = ("SimpleITKIO", "NibabelIO")
 _SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "checkpoint_every", "initial_lr")
 _NETWORK_KEYS = ("base_features", "max_features", "max_stages", "convs_per_stage")
 _SEGMENTER_DEFAULTS = {
@@ -168,7 +172,7 @@ _SEGMENTER_DEFAULTS = {
     "trainer": {"epochs": 10, "iterations_per_epoch": 50, "val_iterations_per_epoch": 5, "checkpoint_every": 1},
 }
 _SEGMENTER_KEYS = ("datasets", "dataset_id", "plan", "targets", "union_threshold", "patch_size", "batch_size",
-                   "network", "trainer", "fold", "final_validation", "num_gpus", "device")
+                   "network", "trainer", "fold", "final_validation", "num_gpus", "device", "image_reader_writer")
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,7 @@ class SegmenterConfig:
     final_validation: bool = False
     num_gpus: int = 1
     device: str = "auto"
+    image_reader_writer: str | None = None  # see READER_WRITERS
 
     @classmethod
     def from_config(cls, config: Config, overrides: dict | None = None) -> "SegmenterConfig":
@@ -222,7 +227,9 @@ class SegmenterConfig:
             batch_size=s.integer("batch_size", 2, minimum=1), network=network.mapping, trainer=trainer.mapping,
             fold=s.value("fold", 0, lambda v: v == "all" or is_integer(v), "an integer or 'all'"),
             final_validation=s.boolean("final_validation", False), num_gpus=s.integer("num_gpus", 1, minimum=1),
-            device=s.text("device", "auto", "a device name: auto, cpu, cuda, cuda:N or mps"))
+            device=s.text("device", "auto", "a device name: auto, cpu, cuda, cuda:N or mps"),
+            image_reader_writer=s.value("image_reader_writer", None, lambda v: v in READER_WRITERS,
+                                        f"one of {', '.join(READER_WRITERS)}", "nnU-Net's choice"))
 
 
 # --- synthesize ----------------------------------------------------------------------------------------

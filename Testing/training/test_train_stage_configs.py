@@ -48,6 +48,7 @@ def test_defaults_of_an_empty_config():
     assert segmenter.trainer == {"epochs": 10, "iterations_per_epoch": 50, "val_iterations_per_epoch": 5,
                                  "checkpoint_every": 1}
     assert (segmenter.final_validation, segmenter.num_gpus, segmenter.device) == (False, 1, "auto")
+    assert segmenter.image_reader_writer is None  # nnU-Net's own choice (SimpleITKIO for .nii.gz)
     synth = SynthesizeConfig.from_config(config)
     assert (synth.count, synth.distribution, synth.seed, synth.format, synth.device) == (
         12, "uniform", 6000, "nnunet", "auto")
@@ -66,6 +67,8 @@ def test_overrides_merge_into_the_segmenter_section():
     assert merged.trainer == {"epochs": 2, "iterations_per_epoch": 50, "val_iterations_per_epoch": 5,
                               "checkpoint_every": 1, "initial_lr": 1e-4}
     assert merged.dataset_id == 511
+    assert SegmenterConfig.from_config(_config(segmenter={"image_reader_writer": "NibabelIO"})).image_reader_writer \
+        == "NibabelIO"
 
 
 def test_synthesize_config_values_are_type_checked():
@@ -85,6 +88,9 @@ def test_synthesize_config_values_are_type_checked():
     (SegmenterConfig, {"segmenter": {"fold": 1.5}}, "segmenter.fold must be an integer or 'all', got 1.5"),
     (SegmenterConfig, {"segmenter": {"trainer": {"epochs": 0}}},
      "segmenter.trainer.epochs must be an integer >= 1, got 0"),
+    (SegmenterConfig, {"segmenter": {"image_reader_writer": "NibabelIOWithReorient"}},
+     "segmenter.image_reader_writer must be one of SimpleITKIO, NibabelIO (or null: nnU-Net's choice), "
+     "got 'NibabelIOWithReorient'"),
     (ExperimentConfig, {"experiment": {"arms": ["real", "atlas"]}},
      "experiment.arms must be a list of real, augmented, synthetic, got ['real', 'atlas']"),
     (ExperimentConfig, {"experiment": {"registration": {"demons_sigma": -1}}},

@@ -4,11 +4,15 @@ nnU-Net reads `nnUNet_raw`, `nnUNet_preprocessed` and `nnUNet_results` from the 
 releases at import time, 2.6+ on every use), so `setup(work)` must run before the first
 `import nnunetv2…` of the process. Worker counts default to what 2 CPU cores afford
 (`nnUNet_n_proc_DA=0`: augmentation in the main process; `nnUNet_def_n_proc`: pools for planning,
-preprocessing and export); explicit settings in the environment win.
+preprocessing and export); explicit settings in the environment win. With `nnUNet_def_n_proc=1` the
+planning (integrity check, fingerprint, file listings, preprocessing) starts no process (`pools_in_process`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -79,3 +83,93 @@ class planner_threads:
         else:
             os.environ["nnUNet_n_proc_DA"] = self.saved
         return False
+
+
+# Where nnU-Net's planning and preprocessing (2.x) start pools: a spawn pool of nnUNet_def_n_proc processes for the
+# cases (`multiprocessing.get_context("spawn").Pool(n)`), and, inside every listing of a raw dataset's files
+# (utilities.utils.get_filenames_of_train_images_and_targets: five times per plan), a fork pool of 12 (`Pool`).
+POOL_MODULES = {"nnunetv2.experiment_planning.verify_dataset_integrity": "multiprocessing",
+                "nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor": "multiprocessing",
+                "nnunetv2.preprocessing.preprocessors.default_preprocessor": "multiprocessing",
+                "nnunetv2.utilities.utils": "Pool"}
+
+
+class _Done:
+    """An `AsyncResult` whose work is already done."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def ready(self) -> bool:
+        return True
+
+    def get(self, timeout=None):
+        return self.value
+
+
+class _InProcessPool:
+    """What those modules ask of a pool, done in the calling process, in order: `starmap`, `starmap_async`
+    (done at once; an error is raised at once) and `_pool`, the workers whose liveness nnU-Net polls (none)."""
+
+    _pool = ()
+
+    def __init__(self, processes=None, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def starmap(self, func, iterable):
+        return [func(*args) for args in iterable]
+
+    def starmap_async(self, func, iterable):
+        return _Done(self.starmap(func, iterable))
+
+
+class _InProcessMultiprocessing:
+    """`multiprocessing` as those modules see it inside `pools_in_process`: every context's Pool is in-process;
+    anything else is the real module's."""
+
+    Pool = _InProcessPool
+
+    def get_context(self, method=None):
+        return self
+
+    def __getattr__(self, name):
+        return getattr(multiprocessing, name)
+
+
+def pools(processes: int):
+    """The context for nnU-Net's planning and preprocessing with `processes` workers: `pools_in_process` for
+    one, nnU-Net's own pools otherwise."""
+    return pools_in_process() if processes == 1 else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def pools_in_process():
+    """nnU-Net's integrity check, fingerprint, planning and preprocessing without child processes.
+
+    Why: nnU-Net starts a spawn pool even for one process, whose worker imports torch, nnU-Net and this package
+    again before its first case (about 4 s on an idle core; three pools per plan), and forks 12 copies of this
+    process, torch loaded, for each listing of the raw files (five per plan): 63 processes per plan. On a loaded
+    2-core machine the CPU check of benchmarks/gpu_check.py ran out of its budget there, and forking a process
+    that may run threads is the classic way to deadlock a child. With one process the same per-case functions
+    (nnU-Net's, unchanged) run here, in order, and give the same files as nnU-Net's pools
+    (Testing/training/segmenter/test_train_planning.py). nnU-Net has no setting for this, so the names in
+    POOL_MODULES are swapped for in-process ones for the duration, then restored."""
+    real = {"multiprocessing": multiprocessing, "Pool": multiprocessing.Pool}
+    stand_in = {"multiprocessing": _InProcessMultiprocessing(), "Pool": _InProcessPool}
+    swapped = []
+    for name, attribute in POOL_MODULES.items():
+        module = importlib.import_module(name)
+        if getattr(module, attribute, None) is real[attribute]:  # another nnU-Net that no longer does so: its way
+            swapped.append((module, attribute))
+            setattr(module, attribute, stand_in[attribute])
+    try:
+        yield
+    finally:
+        for module, attribute in swapped:
+            setattr(module, attribute, real[attribute])

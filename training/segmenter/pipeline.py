@@ -30,7 +30,8 @@ def build(config: Config, settings: SegmenterConfig, work: Path, cases: list[Cas
     _check_dataset_id(dataset_id, ds_name)
     timings = {}
     t0 = time.time()
-    export_raw(cases, Path(os.environ["nnUNet_raw"]), ds_name, profile, progress, settings.targets)
+    export_raw(cases, Path(os.environ["nnUNet_raw"]), ds_name, profile, progress, settings.targets,
+               settings.image_reader_writer)
     timings["export_s"] = round(time.time() - t0, 1)
     t0 = time.time()
     plan_and_preprocess(dataset_id, cases, settings, profile, progress)

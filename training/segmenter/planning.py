@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -56,7 +57,28 @@ def _stamp(cases: list[Case], settings: SegmenterConfig, profile: Profile) -> st
            "network": settings.network, "targets": settings.targets,
            "patch_size": settings.patch_size, "batch_size": settings.batch_size,
            "profile": [profile.spacing, profile.shape]}
+    if settings.image_reader_writer is not None:  # absent otherwise: stamps written before it still hold
+        key["image_reader_writer"] = settings.image_reader_writer
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def _preprocess(dataset_id: int, name: str, pre: Path, n: int) -> None:
+    """nnU-Net's `preprocess_dataset` for our one configuration: its preprocessor, then the labels copied to
+    `gt_segmentations` for nnU-Net's validation. (Its own copy imports distutils, which Python 3.12 dropped: only
+    setuptools' shim would provide it on the GPU machine's Python 3.12.)"""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    configuration = PlansManager(str(pre / f"{PLANS}.json")).get_configuration(CONFIGURATION)
+    preprocessor = configuration.preprocessor_class(verbose=False)
+    preprocessor.show_progress_bar = False
+    preprocessor.run(dataset_id, CONFIGURATION, PLANS, num_processes=n)
+    raw = Path(os.environ["nnUNet_raw"]) / name
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    gt = pre / "gt_segmentations"
+    gt.mkdir(exist_ok=True)
+    for case, files in get_filenames_of_train_images_and_targets(str(raw), dataset_json).items():
+        shutil.copyfile(files["label"], gt / f"{case}{dataset_json['file_ending']}")
 
 
 def plan_and_preprocess(dataset_id: int, cases: list[Case], settings: SegmenterConfig, profile: Profile,
@@ -64,7 +86,7 @@ def plan_and_preprocess(dataset_id: int, cases: list[Case], settings: SegmenterC
     """Fingerprint, plan and preprocess (skipped when the same cases and settings were done before)."""
     from batchgenerators.utilities.file_and_folder_operations import save_json
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
-                                                                      plan_experiment_dataset, preprocess_dataset)
+                                                                      plan_experiment_dataset)
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
     name = convert_id_to_dataset_name(dataset_id)
@@ -76,18 +98,19 @@ def plan_and_preprocess(dataset_id: int, cases: list[Case], settings: SegmenterC
     if not done:
         n = nnunet_env.num_processes()
         start = time.time()
-        progress(f"PROGRESS stage=segmenter-plan step=1/3 dataset={name}")
-        extract_fingerprint_dataset(dataset_id, num_processes=n, check_dataset_integrity=True, clean=True,
-                                    verbose=False, show_progress_bar=False)
-        with nnunet_env.planner_threads():
-            plan_experiment_dataset(dataset_id, overwrite_plans_name=PLANS)
-        plans = json.loads(plans_file.read_text())
-        if settings.plan == "slim":
-            plans["configurations"] = {CONFIGURATION: _slim_configuration(plans, settings, profile)}
-            plans_text = json.dumps(plans, indent=2)
-            write_text(plans_file, plans_text)
-        progress(f"PROGRESS stage=segmenter-plan step=2/3 dataset={name}")
-        preprocess_dataset(dataset_id, PLANS, (CONFIGURATION,), [n], verbose=False, show_progress_bar=False)
+        with nnunet_env.pools(n):
+            progress(f"PROGRESS stage=segmenter-plan step=1/3 dataset={name}")
+            extract_fingerprint_dataset(dataset_id, num_processes=n, check_dataset_integrity=True, clean=True,
+                                        verbose=False, show_progress_bar=False)
+            with nnunet_env.planner_threads():
+                plan_experiment_dataset(dataset_id, overwrite_plans_name=PLANS)
+            plans = json.loads(plans_file.read_text())
+            if settings.plan == "slim":
+                plans["configurations"] = {CONFIGURATION: _slim_configuration(plans, settings, profile)}
+                plans_text = json.dumps(plans, indent=2)
+                write_text(plans_file, plans_text)
+            progress(f"PROGRESS stage=segmenter-plan step=2/3 dataset={name}")
+            _preprocess(dataset_id, name, pre, n)
         progress(f"PROGRESS stage=segmenter-plan step=3/3 dataset={name} seconds={time.time() - start:.1f}")
         text = json.dumps({"stamp": stamp})
         write_text(stamp_file, text)

@@ -100,21 +100,26 @@ def dataset_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
 
 
-def segmenter_dataset_json(num_training: int, extra: dict | None = None, targets: str = "labels") -> dict:
-    """nnU-Net's dataset.json; `targets="union+labels"` declares the regions (see stage_configs.TARGETS).
+def segmenter_dataset_json(num_training: int, extra: dict | None = None, targets: str = "labels",
+                           reader_writer: str | None = None) -> dict:
+    """nnU-Net's dataset.json; `targets="union+labels"` declares the regions (see stage_configs.TARGETS), and
+    `reader_writer` (stage_configs.READER_WRITERS) names nnU-Net's reader for the images and labels
+    (`overwrite_image_reader_writer`; None leaves nnU-Net's own choice by file ending, SimpleITKIO).
 
     nnU-Net's own region -> label conversion (stock `nnUNetv2_predict`) paints the union as label 1 first and
     then each label region over it; `VentricleSynthLib.segmentation.decision` instead decides ventricle vs background
     by the most likely label region (above the bundle's decision threshold) and names the voxel by it (see
     `union_and_scores`).
     """
-    return schema_dataset_json(num_training, labels=SEGMENTER_LABELS, extra=extra,
+    io = {} if reader_writer is None else {"overwrite_image_reader_writer": reader_writer}
+    return schema_dataset_json(num_training, labels=SEGMENTER_LABELS, extra={**io, **(extra or {})},
                                union_region=UNION_REGION if targets == "union+labels" else None)
 
 
 def export_raw(cases: list[Case], raw_root: Path, name: str, profile: Profile, progress=print,
-               targets: str = "labels") -> Path:
-    """Write (or finish) the nnU-Net raw dataset; cases no longer asked for are removed."""
+               targets: str = "labels", reader_writer: str | None = None) -> Path:
+    """Write (or finish) the nnU-Net raw dataset; cases no longer asked for are removed. `targets` and
+    `reader_writer`: see `segmenter_dataset_json`."""
     if len({c.case_id for c in cases}) != len(cases):
         raise DatasetError("duplicate case identifiers among the segmenter's training sources")
     root = Path(raw_root) / name
@@ -143,7 +148,7 @@ def export_raw(cases: list[Case], raw_root: Path, name: str, profile: Profile, p
     write_json(root / "dataset.json", segmenter_dataset_json(len(cases), {
         "name": name, "profile": profile.name,
         "description": "VentricleSynth ventricle segmenter training set (labels 1..6 = FreeSurfer 4,43,5,44,14,15)"},
-        targets))
+        targets, reader_writer))
     write_csv(root / "cases.csv", rows, ["case", "origin", "split"])
     return root
 
