@@ -78,6 +78,7 @@ class VentricleSynthParameterNode:
     guidanceScale: Annotated[float, WithinRange(0.0, _sampling.MAX_GUIDANCE)] = 4.0  # mask model's guidance
     maskSteps: Annotated[int, WithinRange(1, _sampling.MAX_STEPS)] = 50  # DDIM steps of the mask model
     imageSteps: Annotated[int, WithinRange(1, _sampling.MAX_STEPS)] = 50  # DDIM steps of the image model
+    refine: bool = True  # move the label map to exactly the asked volume (off: the paper's method)
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0  # seed of the first sample (sample k uses seed + k)
     sampleCount: Annotated[int, WithinRange(1, 20)] = 1  # number of samples to generate
     device: Annotated[str, Choice(["auto", "cpu", "cuda", "mps"])] = "auto"  # where the worker runs the networks
@@ -233,8 +234,8 @@ class VentricleSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         self.runOrCancel(lambda: self.logic.generate(
             p.ventricleVolumeMl, guidance=p.guidanceScale, steps=p.maskSteps, imageSteps=p.imageSteps, seed=p.seed,
-            count=p.sampleCount, device=p.device, waitForCompletion=False, onEvent=self.onWorkerEvent,
-            onFinished=self.onTaskFinished), _("Failed to start the generator."))
+            count=p.sampleCount, device=p.device, refine=p.refine, waitForCompletion=False,
+            onEvent=self.onWorkerEvent, onFinished=self.onTaskFinished), _("Failed to start the generator."))
 
     def onRandomSeedButton(self) -> None:
         if self._parameterNode:
@@ -334,13 +335,14 @@ class VentricleSynthLogic(ScriptedLoadableModuleLogic):
 
     def generate(self, ventricleMl, guidance=None, steps=None, seed=0, count=1, device="auto",
                  waitForCompletion=False, onEvent=None, onFinished=None, labels="ventricles", timeout=None,
-                 imageSteps=None):
+                 imageSteps=None, refine=True):
         """`count` samples of `ventricleMl` mL: (synthetic volume, segmentation) in `task.loaded`; returns the task.
-        `steps`: DDIM steps of both stages, `imageSteps`: of the image stage (None: the bundles' defaults)."""
+        `steps`: DDIM steps of both stages, `imageSteps`: of the image stage (None: the bundles' defaults);
+        `refine` False: the sampled label map as it is (no exact-volume refinement)."""
         return self._launch(_lib("slicer_glue.runs").generate_task, waitForCompletion, timeout,
                             ventricle_ml=ventricleMl, guidance=guidance, steps=steps, image_steps=imageSteps,
                             seed=seed, count=count, device=device, labels=labels, on_event=onEvent,
-                            on_finished=onFinished)
+                            on_finished=onFinished, refine=refine)
 
     def segment(self, inputVolumeNode, device="auto", tta=False, waitForCompletion=False, onEvent=None,
                 onFinished=None, timeout=None):

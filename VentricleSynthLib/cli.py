@@ -86,6 +86,8 @@ def _mapping_warnings(path, mapping) -> list[str]:
     return [message]
 
 
+# what `generate` prints of each sample's record (one JSON line)
+SHOWN = ("asked_ml", "got_ml", "got_ml_before_refinement", "max_displacement_mm", "seed", "seconds", "warnings")
 _COHORT_OPTIONS = ("distribution", "format", "shard", "batch_size", "qc_min_dice")
 
 
@@ -112,18 +114,19 @@ def _cmd_generate(args) -> int:
     check_samples_out(args.out)
     mask = MaskGenerator(bundle_path(MASK, args.models), args.device)
     warnings = mask.check_volume(args.ventricle_ml)
-    mask.settings(args.guidance, args.steps, args.candidates)  # a bad request fails before the image model loads
+    refine = False if args.no_refine else None
+    mask.settings(args.guidance, args.steps, args.candidates, refine)  # a bad request fails before the image loads
     image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
-    settings = settings_for(mask, image, args.guidance, args.steps, args.candidates, args.image_steps)
+    settings = settings_for(mask, image, args.guidance, args.steps, args.candidates, args.image_steps, refine)
     out = writable_dir(args.out)
     for warning in warnings:
         print_warning(warning)
     for k in range(args.count):
         pair = generate_pairs(mask, image, [args.ventricle_ml], [args.seed + k], settings)[0]
         folder = write_sample(out, k, pair.image, pair.label, pair.affine, pair.record)
-        print(json.dumps({"sample": str(folder), **{key: pair.record[key] for key in
-                                                    ("asked_ml", "got_ml", "seed", "seconds", "warnings")}}),
-              flush=True)
+        for warning in pair.record["warnings"][len(warnings):]:  # the refinement's
+            print_warning(warning)
+        print(json.dumps({"sample": str(folder), **{key: pair.record[key] for key in SHOWN}}), flush=True)
     return 0
 
 
@@ -140,7 +143,8 @@ def _generate_cohort(args) -> int:
     count = args.count if args.count is not None or args.distribution is not None else 1
     result = synthesize(CohortRequest(
         out=args.out, distribution=spec, count=count, seed=args.seed, guidance=args.guidance, steps=args.steps,
-        image_steps=args.image_steps, candidates=args.candidates, format=args.format or CohortRequest.format,
+        image_steps=args.image_steps, candidates=args.candidates, refine=False if args.no_refine else None,
+        format=args.format or CohortRequest.format,
         shard=args.shard, batch_size=args.batch_size, qc_min_dice=args.qc_min_dice,
         device=args.device, models=args.models, progress=not args.no_progress),
         log=lambda line: print(line, flush=True))
@@ -175,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
     p.add_argument("--candidates", type=int, help="label maps denoised per sample; the one closest to the asked "
                                                   "volume is kept (default: the bundle's)")
+    p.add_argument("--no-refine", action="store_true", help="keep the sampled label map as it is (the paper's "
+                   "method); by default a smooth flow moves it to exactly the asked ventricle volume")
     p.add_argument("--steps", type=int, help="DDIM steps per stage (default: the bundle's)")
     p.add_argument("--image-steps", type=int, help="DDIM steps of the image stage, over --steps (default: the "
                                                    "image bundle's)")

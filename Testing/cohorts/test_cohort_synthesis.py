@@ -282,6 +282,11 @@ def test_samples_format_and_unwritable_out(models, tmp_path):
     records = [json.loads((out / f"sample_00{i}" / "sample.json").read_text()) for i in range(2)]
     assert [r["asked_ml"] for r in records] == [a, b] and {"qc_dice", "components"} <= set(records[0])
     assert (out / "cases.csv").is_file() and (out / "report" / "report.md").is_file()
+    assert records[0]["refine"] is True and {"got_ml_before_refinement", "max_displacement_mm"} <= set(records[0])
+    with open(out / "cases.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    assert float(row["got_ml_before_refinement"]) == records[0]["got_ml_before_refinement"]
+    assert "exact-volume refinement" in (out / "report" / "report.md").read_text()
     blocker = tmp_path / "file"
     blocker.write_text("x")
     done = _run(CLI + ["generate", "--distribution", f"list:{a}", "--models", models["bundles"],

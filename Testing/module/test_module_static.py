@@ -141,7 +141,7 @@ def test_panel_has_the_sections_and_controls_the_issue_asks_for(ui):
                 if w.get("class") == "ctkCollapsibleButton"}
     assert {"Generate", "Segment", "Models"} <= set(sections.values())
     for name, cls in {"ventricleVolumeSliderWidget": "ctkSliderWidget", "guidanceSliderWidget": "ctkSliderWidget",
-                      "maskStepsSpinBox": "QSpinBox",
+                      "maskStepsSpinBox": "QSpinBox", "refineCheckBox": "QCheckBox",
                       "imageStepsSpinBox": "QSpinBox", "seedSpinBox": "QSpinBox", "randomSeedButton": "QPushButton",
                       "sampleCountSpinBox": "QSpinBox", "deviceComboBox": "QComboBox",
                       "generateButton": "QPushButton", "inputVolumeSelector": "qMRMLNodeComboBox",

@@ -51,6 +51,9 @@ def test_logic_command_lines_parse_with_the_worker_parser():
     defaults = worker.build_parser().parse_args(client.generate_command("p", "/o", 40, watch_stdin=False)[4:])
     assert (defaults.guidance, defaults.steps, defaults.seed, defaults.count, defaults.device, defaults.models,
             defaults.watch_stdin) == (None, None, 0, 1, "auto", None, False)
+    assert defaults.no_refine is False
+    no_refine = client.generate_command("p", "/o", 40, refine=False)
+    assert "--no-refine" in no_refine and worker.build_parser().parse_args(no_refine[4:]).no_refine is True
     seg = worker.build_parser().parse_args(client.segment_command("p", "/in.nii.gz", "/o", device="cuda", tta=True)[4:])
     assert (seg.worker_command, seg.input, seg.out, seg.device, seg.tta, seg.watch_stdin) == \
         ("segment", "/in.nii.gz", "/o", "cuda", True, True)

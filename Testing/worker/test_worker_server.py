@@ -79,7 +79,9 @@ def test_worker_generate_end_to_end_files_protocol_and_nodes(models, tmp_path):
         assert result["seed"] == options["seed"] + k and result["asked_ml"] == options["ventricle_ml"]
         assert result["steps"] == {"mask": 2, "image": 2}
         record = json.loads(Path(result["files"]["record"]).read_text())
-        assert record["got_ml"] == result["got_ml"]
+        assert record["got_ml"] == result["got_ml"] and result["refine"] is True  # refinement on by default
+        assert record["got_ml_before_refinement"] == result["got_ml_before_refinement"]
+        assert 0 <= result["mean_displacement_mm"] <= result["max_displacement_mm"]
 
     slicer = pytest.importorskip("slicer")
     from VentricleSynthLib.io.nifti import load_label_map

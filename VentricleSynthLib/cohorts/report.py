@@ -139,7 +139,9 @@ def write_report(out: Path, rows: list[dict], run: dict, load: Callable[[int], t
         f"`--qc-min-dice`), format `{run['format']}`",
         f"- distribution: {run['distribution_description']} (`{run['distribution']}`), base seed {run['seed']}",
         f"- guidance {run['guidance']:g}, DDIM steps {run['steps']['mask']} (mask) / {run['steps']['image']} (image), "
-        f"{run.get('candidates', 1)} candidate label map(s) per sample (the one closest to the asked volume kept)",
+        f"{run.get('candidates', 1)} candidate label map(s) per sample (the one closest to the asked volume kept), "
+        + ("then moved to exactly the asked volume (exact-volume refinement; cases.csv: got_ml_before_refinement, "
+           "max_displacement_mm)" if run.get("refine") else "no exact-volume refinement (`--no-refine`)"),
         f"- models: mask `{run['models']['mask']['name']}` {run['models']['mask']['sha256'][:12]}, image "
         f"`{run['models']['image']['name']}` {run['models']['image']['sha256'][:12]}; QC segmenter: "
         f"{seg_text}",

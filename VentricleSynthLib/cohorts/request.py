@@ -25,6 +25,7 @@ class CohortRequest:
     candidates: int | None = None  # label maps denoised per sample, the closest kept (default: the mask bundle's)
     steps: int | None = None  # default: each bundle's
     image_steps: int | None = None  # image stage, over `steps` (default: the image bundle's)
+    refine: bool | None = None  # exact-volume refinement of each label map (default: the mask bundle's, on)
     format: str = "samples"  # the CLI's default too; train.py synthesize's config says nnunet
     shard: str | None = None  # "i/N"; default RANK/WORLD_SIZE (torchrun) or the whole cohort
     batch_size: int | None = None  # default 8 on CUDA, else 1

@@ -32,10 +32,11 @@ from VentricleSynthLib.cohorts.distributions import Distribution, check_seed, pa
 from VentricleSynthLib.cohorts.layout import FORMATS, make_layout
 from VentricleSynthLib.cohorts.request import CohortRequest, check_min_dice, owned, parse_shard, shard_device
 from VentricleSynthLib.errors import OutputError, RequestError, VentricleSynthError
+from VentricleSynthLib.generation.refinement import RECORD_FIELDS
 
 RUN_FILE = "synthesis.json"
 CASE_FIELDS = ["case", "index", "asked_ml", "got_ml", "seed", "guidance", "steps", "image_steps", "candidates",
-               "seconds", "qc",
+               "refine", *RECORD_FIELDS, "seconds", "qc",
                "qc_dice", "qc_seg_ml", "volume_error_ml", "components", "largest_component_fraction", "included",
                "tiv_ml", "batch_size", "device", "qc_model", "qc_note", "warnings"]
 
@@ -131,6 +132,7 @@ def assemble(out: Path, layout, run: dict, min_dice: float | None = None, report
 def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> dict:
     """Generate (or finish) this process's share of the cohort, then assemble it. Returns the summary."""
     from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
+    from VentricleSynthLib.command_line import print_warning
     from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator
     from VentricleSynthLib.generation.pairs import generate_pairs, settings_for
     from VentricleSynthLib.io.atomic import writable_dir
@@ -165,10 +167,12 @@ def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> di
     for v in np.unique(volumes):
         mask.check_volume(float(v))  # one out of bounds refuses the cohort before anything is written
     _warn_outside_range(mask, volumes[:count])
-    settings = settings_for(mask, image, request.guidance, request.steps, request.candidates, request.image_steps)
+    settings = settings_for(mask, image, request.guidance, request.steps, request.candidates, request.image_steps,
+                            request.refine)
     # batch size and device type decide the values (batched kernels) and the batch size which shard owns what
     run = {"format": request.format, "distribution": dist.spec, "seed": seed, "guidance": settings.guidance,
-           "steps": settings.steps, "candidates": settings.candidates, "models": {"mask": mask.id, "image": image.id},
+           "steps": settings.steps, "candidates": settings.candidates,
+           "refine": settings.refine, "models": {"mask": mask.id, "image": image.id},
            "batch_size": batch, "device_type": mask.device.type, "qc_min_dice": min_dice}
 
     out = writable_dir(out)
@@ -206,8 +210,11 @@ def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> di
                 record["seconds"] = round(record["generation_seconds"] + record["qc_seconds"], 3)
                 layout.write(i, pair.image, pair.label, pair.affine, record, keep=passes_filter(record, min_dice))
                 generated += 1
-                log(json.dumps({"case": record["case"], "asked_ml": record["asked_ml"], "got_ml": record["got_ml"],
-                                "qc_dice": record["qc_dice"], "seed": record["seed"], "seconds": record["seconds"]}))
+                log(json.dumps({key: record[key] for key in (
+                    "case", "asked_ml", "got_ml", "got_ml_before_refinement", "max_displacement_mm", "qc_dice", "seed",
+                    "seconds")}))
+                for warning in pair.record["warnings"][len(mask.check_volume(pair.record["asked_ml"])):]:
+                    print_warning(f"{record['case']}: {warning}")  # the refinement's
                 if bar:
                     bar.update(1)
         except (VentricleSynthError, RuntimeError) as exc:  # RuntimeError: CUDA out of memory among others

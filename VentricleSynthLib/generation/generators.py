@@ -113,9 +113,9 @@ class MaskGenerator(_LatentDiffusion):
         return np.asarray(self.config["affine"], dtype=np.float64)
 
     def settings(self, guidance: float | None = None, steps: int | None = None,
-                 candidates: int | None = None) -> SamplingSettings:
+                 candidates: int | None = None, refine: bool | None = None) -> SamplingSettings:
         """This bundle's sampling defaults ⊕ the request (mask stage only)."""
-        return resolve(self.sampling, None, guidance=guidance, steps=steps, candidates=candidates)
+        return resolve(self.sampling, None, guidance=guidance, steps=steps, candidates=candidates, refine=refine)
 
     def sample(self, volume_ml: float, guidance: float | None = None, steps: int | None = None, seed: int = 0,
                progress: ProgressCallback | None = None, candidates: int | None = None) -> np.ndarray:

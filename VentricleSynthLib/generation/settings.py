@@ -1,7 +1,8 @@
 """Sampling settings of a labelled pair: the bundles' defaults, overridden by what a request names, checked once.
 
 Every caller resolves them here: the CLI, the worker, cohorts, calibration and (torch-free, from config.json
-alone) the Slicer panel. A bundle's config.json may carry a "sampling" section (guidance, steps, candidates);
+alone) the Slicer panel. A bundle's config.json may carry a "sampling" section (guidance, steps, candidates,
+refine);
 what it leaves out falls back to the values below.
 """
 
@@ -21,7 +22,8 @@ MAX_CANDIDATES = 16
 MAX_GUIDANCE = 20.0  # the panel's slider range too; beyond it the mask LDM leaves its trained distribution
 VOLUME_FLOOR_FRACTION = 0.5  # below this fraction of the trained minimum a volume is refused
 VOLUME_MARGIN_FRACTION = 0.25  # above the trained maximum by up to this fraction of the span: a warning
-FALLBACK = {MASK: {"guidance": 4.0, "steps": 50}, IMAGE: {"steps": 50}}
+# refine: exact-volume refinement of the label map (generation/refinement.py); False gives the paper's method
+FALLBACK = {MASK: {"guidance": 4.0, "steps": 50, "refine": True}, IMAGE: {"steps": 50}}
 
 
 def bundle_sampling(config: dict, kind: str) -> dict:
@@ -37,12 +39,13 @@ def check_steps(steps, maximum: int = MAX_STEPS) -> None:
 @dataclass(frozen=True)
 class SamplingSettings:
     """How one labelled pair is sampled: guidance and DDIM steps of the mask LDM, K volume-matched candidates,
-    DDIM steps of the image LDM."""
+    exact-volume refinement of the label map or not, DDIM steps of the image LDM."""
 
     guidance: float
     mask_steps: int
     image_steps: int | None  # None: settings of the mask stage alone
     candidates: int
+    refine: bool = FALLBACK[MASK]["refine"]
 
     @property
     def steps(self) -> dict:
@@ -50,15 +53,16 @@ class SamplingSettings:
 
 
 def resolve(mask_sampling: dict, image_sampling: dict | None, guidance=None, steps=None,
-            candidates=None, image_steps=None) -> SamplingSettings:
+            candidates=None, image_steps=None, refine=None) -> SamplingSettings:
     """Request ⊕ bundle defaults (`steps` given applies to both stages, `image_steps` to the image stage, over
     `steps`), checked: guidance in 0..MAX_GUIDANCE, steps integers in 1..MAX_STEPS, candidates an integer in
-    1..MAX_CANDIDATES. Without `image_sampling`, the settings of the mask stage alone."""
+    1..MAX_CANDIDATES, refine a bool. Without `image_sampling`, the settings of the mask stage alone."""
     guidance = float(mask_sampling["guidance"] if guidance is None else guidance)
     mask_steps = int(mask_sampling["steps"] if steps is None else steps)
     if image_sampling is not None:
         image_steps = int(next(s for s in (image_steps, steps, image_sampling["steps"]) if s is not None))
     candidates = int(mask_sampling.get("candidates", 1)) if candidates is None else candidates
+    refine = mask_sampling.get("refine", FALLBACK[MASK]["refine"]) if refine is None else refine
     if not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
         raise RequestError(f"guidance must be a number in 0..{MAX_GUIDANCE:g}, got {guidance:g}")
     check_steps(mask_steps)
@@ -66,7 +70,9 @@ def resolve(mask_sampling: dict, image_sampling: dict | None, guidance=None, ste
         check_steps(image_steps)
     if isinstance(candidates, bool) or not isinstance(candidates, int) or not 1 <= candidates <= MAX_CANDIDATES:
         raise RequestError(f"candidates must be an integer in 1..{MAX_CANDIDATES}, got {candidates!r}")
-    return SamplingSettings(guidance, mask_steps, image_steps, candidates)
+    if not isinstance(refine, bool):
+        raise RequestError(f"refine must be true or false, got {refine!r}")
+    return SamplingSettings(guidance, mask_steps, image_steps, candidates, refine)
 
 
 def volume_limits(trained_range: tuple[float, float]) -> tuple[float, float]:
@@ -109,7 +115,7 @@ def _config(models_dir, kind: str) -> dict | None:
 
 def panel_defaults(models_dir: str | os.PathLike) -> dict:
     """What the Generate panel needs, from the bundles' config.json alone (no torch, no checksums): trained
-    volume range, default guidance, steps and candidates, profile. Empty when there is no mask bundle."""
+    volume range, default guidance, steps, candidates and refine, profile. Empty when there is no mask bundle."""
     mask = _config(models_dir, MASK)
     if mask is None:
         return {}
@@ -123,7 +129,8 @@ def panel_defaults(models_dir: str | os.PathLike) -> dict:
     except (RequestError, TypeError, ValueError, KeyError):  # a broken config: the worker will say what is wrong
         settings = None
     if settings is not None:
-        out.update({"guidance": settings.guidance, "steps": settings.mask_steps, "candidates": settings.candidates})
+        out.update({"guidance": settings.guidance, "steps": settings.mask_steps, "candidates": settings.candidates,
+                    "refine": settings.refine})
         if image is not None:
             out["image_steps"] = settings.image_steps
     profile = mask.get("profile") or {}

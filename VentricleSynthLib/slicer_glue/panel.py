@@ -47,13 +47,14 @@ def trained_range(defaults: dict, models_dir: str) -> tuple[tuple[float, float] 
 
 
 def bundle_parameters(defaults: dict, applied_from: str) -> dict:
-    """Parameter-node values from the bundles' defaults (guidance, each stage's steps, the middle of the trained
-    range), once per models folder (`applied_from`: the folder whose defaults were applied last; a user's own
-    choices are kept afterwards). {} when nothing changes."""
+    """Parameter-node values from the bundles' defaults (guidance, each stage's steps, refinement, the middle of
+    the trained range), once per models folder (`applied_from`: the folder whose defaults were applied last; a
+    user's own choices are kept afterwards). {} when nothing changes."""
     if not defaults or applied_from == defaults.get("models_dir", ""):
         return {}
     values = {name: kind(defaults[key]) for name, key, kind in (
-        ("guidanceScale", "guidance", float), ("maskSteps", "steps", int), ("imageSteps", "image_steps", int))
+        ("guidanceScale", "guidance", float), ("maskSteps", "steps", int), ("imageSteps", "image_steps", int),
+        ("refine", "refine", bool))
         if key in defaults}
     trained = defaults.get("trained_range_ml")
     if trained:

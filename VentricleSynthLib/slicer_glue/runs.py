@@ -24,12 +24,14 @@ def worker_task(kind, command, temp_dir, cwd, plan=None, count=1, loader=None, o
 
 
 def generate_task(python, models, cwd, ventricle_ml, guidance=None, steps=None, seed=0, count=1, device="auto",
-                  labels="ventricles", on_event=None, on_finished=None, image_steps=None) -> WorkerTask:
+                  labels="ventricles", on_event=None, on_finished=None, image_steps=None, refine=True) -> WorkerTask:
     """`worker generate`: each RESULT becomes (synthetic volume node, segmentation node) in `task.loaded`.
-    `steps` applies to both stages, `image_steps` to the image stage over it (None: the bundles' defaults)."""
+    `steps` applies to both stages, `image_steps` to the image stage over it (None: the bundles' defaults);
+    `refine` False: the sampled label map as it is (no exact-volume refinement)."""
     temp_dir = temporary_directory()
     command = generate_command(python, os.path.join(temp_dir, "out"), ventricle_ml, guidance=guidance, steps=steps,
-                               seed=seed, count=count, device=device, models=models, image_steps=image_steps)
+                               seed=seed, count=count, device=device, models=models, image_steps=image_steps,
+                               refine=refine)
     image_steps = image_steps or steps
     plan = [("mask", int(steps)), ("image", int(image_steps))] if steps and image_steps else None
 

@@ -37,13 +37,14 @@ def worker_command(python: str, command: str, options: dict, flags: Iterable[str
 def generate_command(python: str, out: str, ventricle_ml: float, guidance: float | None = None,
                      steps: int | None = None, seed: int = 0, count: int = 1, device: str = "auto",
                      models: str | None = None, threads: int | None = None, watch_stdin: bool = True,
-                     image_steps: int | None = None) -> list[str]:
+                     image_steps: int | None = None, refine: bool = True) -> list[str]:
     """The exact `worker generate` command line the Slicer Logic runs (`steps`: both stages; `image_steps`:
-    the image stage, over `steps`)."""
+    the image stage, over `steps`; `refine` False: `--no-refine`, the sampled label map as it is)."""
     return worker_command(python, "generate", {
         "ventricle_ml": repr(float(ventricle_ml)), "guidance": None if guidance is None else repr(float(guidance)),
         "steps": steps, "image_steps": image_steps, "seed": int(seed), "count": int(count), "device": device,
-        "models": models, "threads": threads, "out": out, "watch_stdin": bool(watch_stdin)})
+        "models": models, "threads": threads, "out": out, "no_refine": not refine,
+        "watch_stdin": bool(watch_stdin)})
 
 
 def segment_command(python: str, input_path: str, out: str, device: str = "auto", models: str | None = None,

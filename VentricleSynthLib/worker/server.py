@@ -1,7 +1,7 @@
 """`python -m VentricleSynthLib worker …`: the out-of-process entry the Slicer module runs.
 
     worker generate --ventricle-ml V [--guidance W] [--steps N] [--image-steps N] [--seed S] [--count K]
-                    [--device D] [--models DIR] --out DIR [--threads T] [--watch-stdin]
+                    [--no-refine] [--device D] [--models DIR] --out DIR [--threads T] [--watch-stdin]
         -> OUT/sample_000/{image.nii.gz,label.nii.gz,preview.png,sample.json}, ...
     worker segment --input IMAGE.nii.gz --out DIR [--device D] [--models DIR] [--tta] [--allow-thick-slices]
                    [--threads T] [--watch-stdin]
@@ -79,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--image-steps", type=int, default=None, help="DDIM steps of the image stage, over --steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample k uses seed+k")
     p.add_argument("--count", type=int, default=1, help="number of samples")
+    p.add_argument("--no-refine", action="store_true",
+                   help="keep the sampled label map as it is (no exact-volume refinement; the paper's method)")
     p.add_argument("--out", required=True, help="output folder; samples go to OUT/sample_000, ...")
     _common(p)
     p = sub.add_parser("segment", help="segment the ventricles of a NIfTI image (nnU-Net segmenter)")
@@ -244,14 +246,16 @@ def _generate(args) -> int:
     from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
     from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator
     from VentricleSynthLib.generation.pairs import generate_pairs, settings_for
+    from VentricleSynthLib.generation.refinement import RECORD_FIELDS
     from VentricleSynthLib.generation.sample_folder import write_sample
     from VentricleSynthLib.io.atomic import writable_dir
 
     mask = MaskGenerator(bundle_path(MASK, args.models), args.device)
     warnings = mask.check_volume(args.ventricle_ml)
-    mask.settings(args.guidance, args.steps)  # a bad request fails before the image model loads
+    refine = False if args.no_refine else None
+    mask.settings(args.guidance, args.steps, refine=refine)  # a bad request fails before the image model loads
     image = ImageGenerator(bundle_path(IMAGE, args.models), args.device)
-    settings = settings_for(mask, image, args.guidance, args.steps, image_steps=args.image_steps)
+    settings = settings_for(mask, image, args.guidance, args.steps, image_steps=args.image_steps, refine=refine)
     guidance, mask_steps, image_steps = settings.guidance, settings.mask_steps, settings.image_steps
     out = writable_dir(args.out)
     for warning in warnings:
@@ -268,6 +272,8 @@ def _generate(args) -> int:
         pair = generate_pairs(mask, image, [args.ventricle_ml], [args.seed + k], settings, progress)[0]
         folder = write_sample(out, k, pair.image, pair.label, pair.affine, pair.record).resolve()
         record = pair.record
+        for warning in record["warnings"][len(warnings):]:  # the refinement's
+            print_warning(warning)
         emit(format_result({
             "kind": "sample",
             "index": k,
@@ -276,7 +282,8 @@ def _generate(args) -> int:
                 ("image", "image.nii.gz"), ("label", "label.nii.gz"), ("preview", "preview.png"),
                 ("record", "sample.json"))},
             **{key: record[key] for key in ("asked_ml", "got_ml", "tiv_ml", "seed", "seconds", "guidance",
-                                            "steps", "device", "models", "warnings")},
+                                            "steps", "device", "models", "warnings", "refine",
+                                            *RECORD_FIELDS)},
         }))
     return EXIT_OK
 

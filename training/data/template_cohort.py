@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from training.data.templates import Template
+from training.data.warps import random_affine, random_velocity
+from training.stage_configs import TEMPLATE_DATASETS
+from VentricleSynthLib.imaging.flows import integrate_velocity, mask_attraction_field, sample_field
 from VentricleSynthLib.imaging.geometry import percentile_normalise, ras_grid, world_bbox
 from VentricleSynthLib.labels import VENTRICLE_LABELS
 from VentricleSynthLib.volumes import tiv_ml, ventricle_volume_ml, voxel_volume_ml
-
-from training.data.templates import Template
-from training.data.warps import integrate_velocity, mask_attraction_field, random_affine, random_velocity, sample_field
-from training.stage_configs import TEMPLATE_DATASETS
 
 
 @dataclass

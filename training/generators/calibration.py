@@ -13,17 +13,17 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from VentricleSynthLib.io.figures import png_figure
+from training.cards import IMAGE_REALISM, VOLUME_CONTROL, calibration_sections, replace_sections
 from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
 from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator
 from VentricleSynthLib.generation.pairs import generate_pair
-from VentricleSynthLib.labels import MAIN_CLASSES, CORTEX_LABELS, VENTRICLE_LABELS, WHITE_MATTER_LABELS
-from VentricleSynthLib.io.atomic import write_text
+from VentricleSynthLib.generation.refinement import plausibility, refine
 from VentricleSynthLib.generation.sample_folder import write_preview
-from VentricleSynthLib.volumes import ventricle_volume_ml
+from VentricleSynthLib.io.atomic import write_text
+from VentricleSynthLib.io.figures import png_figure
+from VentricleSynthLib.labels import CORTEX_LABELS, MAIN_CLASSES, VENTRICLE_LABELS, WHITE_MATTER_LABELS
 from VentricleSynthLib.morphology import connected_components
-
-from training.cards import IMAGE_REALISM, VOLUME_CONTROL, calibration_sections, replace_sections
+from VentricleSynthLib.volumes import ventricle_volume_ml
 
 
 def anatomy_ok(label: np.ndarray) -> dict:
@@ -49,7 +49,8 @@ def setting_name(guidance: float, candidates: int) -> str:
 
 def sweep_volume(mask: MaskGenerator, asked: list[float], grid: list[tuple[float, int]], seeds: list[int],
                  steps: int, progress=print) -> list[dict]:
-    """Sample every asked volume with every seed under every (guidance, candidates) setting."""
+    """Sample every asked volume with every seed under every (guidance, candidates) setting; each label map is
+    also refined to the asked volume (refinement on: `refined_ml`, displacement, plausibility after it)."""
     rows = []
     for w, k in grid:
         for v in asked:
@@ -60,6 +61,12 @@ def sweep_volume(mask: MaskGenerator, asked: list[float], grid: list[tuple[float
                              "got_ml": ventricle_volume_ml(label, mask.affine),
                              "candidates_ml": record["candidates_ml"],
                              "seconds": time.perf_counter() - start, **anatomy_ok(label)})
+                refined, how = refine(label, mask.affine, v)
+                checks = plausibility(refined, mask.affine)
+                rows[-1].update(refined_ml=ventricle_volume_ml(refined, mask.affine),
+                                max_displacement_mm=how["max_displacement_mm"],
+                                refined_plausible=checks["main_classes_present"] and checks["brain_pieces"] == 1
+                                and checks["ventricle_pieces"] <= plausibility(label, mask.affine)["ventricle_pieces"])
                 progress(f"PROGRESS stage=calibrate w={w} K={k} asked={v} seed={s} got={rows[-1]['got_ml']:.1f}")
     return rows
 
@@ -88,8 +95,20 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
             "one_component_fraction": float(np.mean([r["components"] == 1 for r in sel])),
             "seconds_median": float(np.median([r["seconds"] for r in sel])),
             "samples": len(sel),
+            **_refined_summary(sel, asked),
         }
     return out
+
+
+def _refined_summary(sel: list[dict], asked: np.ndarray) -> dict:
+    """The same setting with exact-volume refinement on."""
+    got = np.array([r["refined_ml"] for r in sel])
+    rel = np.abs(got - asked) / asked
+    disp = np.array([r["max_displacement_mm"] for r in sel])
+    return {"refined_spearman": float(spearmanr(asked, got).statistic),
+            "refined_median_rel_error": float(np.median(rel)), "refined_p95_rel_error": float(np.percentile(rel, 95)),
+            "max_displacement_mm_median": float(np.median(disp)), "max_displacement_mm_max": float(disp.max()),
+            "refined_plausible_fraction": float(np.mean([r["refined_plausible"] for r in sel]))}
 
 
 def plot_sweep(rows: list[dict], path: Path) -> None:

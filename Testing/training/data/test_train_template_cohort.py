@@ -11,7 +11,8 @@ import pytest
 
 from training.data.template_cohort import TemplateCohort, TemplateCohortSettings, sample_targets
 from training.data.templates import build_label_map, load_committed
-from training.data.warps import integrate_velocity, random_velocity
+from training.data.warps import random_velocity
+from VentricleSynthLib.imaging.flows import integrate_velocity
 from VentricleSynthLib.imaging.geometry import ras_grid
 from VentricleSynthLib.io import atomic
 from VentricleSynthLib.io.nnunet_raw import list_cases, load_case, read_dataset_json

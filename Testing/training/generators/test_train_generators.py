@@ -21,6 +21,7 @@ from VentricleSynthLib.generation.networks import (
     mask_unet,
     parameter_count,
 )
+from VentricleSynthLib.generation.refinement import MAX_DISPLACEMENT_MM
 from VentricleSynthLib.labels import LABELS
 
 REPO = Path(__file__).resolve().parents[3]
@@ -66,6 +67,10 @@ def test_calibrate_writes_curve_statistics_and_cards(trained, tmp_path):
     assert row["got_ml"] == pytest.approx(min(row["candidates_ml"], key=lambda v: abs(v - row["asked_ml"])), abs=1e-3)
     card = (models / "mask_generator" / "card.md").read_text()
     assert "## Volume control (measured)" in card and "`pytest`" in card and "volume_control.png" in card
+    assert "refined: Spearman" in card and all(
+        0 <= s["max_displacement_mm_max"] <= MAX_DISPLACEMENT_MM for s in stats.values())
+    assert all(abs(r["refined_ml"] - r["asked_ml"]) <= abs(r["got_ml"] - r["asked_ml"]) + 1e-6 or r["got_ml"] == 0
+               for r in result["rows"])  # refinement never moves away from the asked volume
     assert "## Image realism (measured)" in (models / "image_generator" / "card.md").read_text()
     for name in ("mask_generator", "image_generator"):
         bundles.verify(models / name)  # manifests refreshed after the cards changed

@@ -1,0 +1,159 @@
+"""Exact-volume refinement: a generated label map moved to the asked ventricle volume by a smooth flow.
+
+The flow is the template cohort's: a stationary velocity field pointing into the ventricular system (the
+gradient of its Gaussian-smoothed mask, unit peak), scaled by a strength in mm and integrated by scaling and
+squaring, so the warp is diffeomorphic; tissue is pulled in (ventricles grow) or pushed aside (they shrink).
+The strength is found by root finding on the ventricle volume of the warped map. The whole label map is
+resampled nearest-neighbour, so labels stay integral and the image synthesised from it stays consistent.
+
+A unit-peak velocity integrated over unit time moves no point further than |strength| mm, so bounding the
+strength by MAX_DISPLACEMENT_MM bounds the displacement: a volume the flow cannot reach within that bound is
+not forced (the closest reachable one is kept, with a warning).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from VentricleSynthLib.imaging.flows import integrate_velocity, mask_attraction_field, sample_field
+from VentricleSynthLib.imaging.geometry import ras_grid, world_bbox
+from VentricleSynthLib.labels import MAIN_CLASSES, VENTRICLE_LABELS
+from VentricleSynthLib.morphology import connected_components, piece_sizes
+from VentricleSynthLib.volumes import ventricle_volume_ml, voxel_volume_ml
+
+TOLERANCE = 0.005  # relative volume error the root finder stops at (or half a voxel, if larger)
+MAX_DISPLACEMENT_MM = 10.0  # plausibility bound on any voxel's displacement (measured: benchmarks/volume_control)
+SIGMA_MM = 8.0  # smoothing of the ventricle mask whose gradient is the flow: the flow's reach
+FIELD_SPACING_MM = 4.0  # lattice of the velocity field
+MAX_ITERATIONS = 30
+MIN_PIECE_ML = 0.1  # ventricle pieces counted for fragmentation (nearest-neighbour resampling leaves 1-voxel specks)
+# what a pair's record and a cohort's CSV keep of a refinement
+RECORD_FIELDS = ("got_ml_before_refinement", "refine_strength_mm", "max_displacement_mm", "mean_displacement_mm")
+
+
+class _Flow:
+    """The attraction flow of one label map, evaluated on the voxels it can move (within 4 sigma)."""
+
+    def __init__(self, label: np.ndarray, affine: np.ndarray):
+        self.affine = np.asarray(affine, dtype=np.float64)
+        ventricles = np.isin(label, VENTRICLE_LABELS)
+        lo, hi = world_bbox(ventricles, self.affine)
+        margin = 4 * SIGMA_MM
+        self.field_grid = ras_grid(FIELD_SPACING_MM, np.ceil((hi - lo + 2 * margin) / FIELD_SPACING_MM) + 1,
+                                   (lo + hi) / 2)
+        self.attraction = mask_attraction_field(ventricles, self.affine, SIGMA_MM, self.field_grid)
+        self.region = self._region(label.shape, lo - margin, hi + margin)
+        ijk = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in self.region], indexing="ij")).reshape(3, -1)
+        self.points = (self.affine[:3, :3] @ ijk + self.affine[:3, 3:4]).astype(np.float32)
+        self.inverse = np.linalg.inv(self.affine).astype(np.float32)
+        self.ventricles = ventricles.astype(np.uint8)
+        self.outside_ml = (ventricles.sum() - ventricles[self.region].sum()) * voxel_volume_ml(self.affine)
+
+    def _region(self, shape, lo_world, hi_world) -> tuple[slice, ...]:
+        corners = np.array([[x, y, z] for x in (lo_world[0], hi_world[0]) for y in (lo_world[1], hi_world[1])
+                            for z in (lo_world[2], hi_world[2])]).T
+        ijk = np.linalg.inv(self.affine)[:3, :3] @ corners + np.linalg.inv(self.affine)[:3, 3:4]
+        first = np.clip(np.floor(ijk.min(axis=1)), 0, np.array(shape) - 1).astype(int)
+        last = np.clip(np.ceil(ijk.max(axis=1)), 0, np.array(shape) - 1).astype(int)
+        return tuple(slice(a, b + 1) for a, b in zip(first, last))
+
+    def displacement(self, strength: float) -> np.ndarray:
+        """(3, N) displacement in mm of the region's voxels."""
+        if strength == 0:
+            return np.zeros_like(self.points)
+        disp = integrate_velocity(strength * self.attraction, self.field_grid)
+        return sample_field(disp, self.field_grid, self.points)
+
+    def warp(self, array: np.ndarray, disp: np.ndarray) -> np.ndarray:
+        """`array` pulled back through the flow, nearest neighbour, on the region."""
+        where = self.points + disp
+        ijk = self.inverse[:3, :3] @ where + self.inverse[:3, 3:4]
+        shape = tuple(s.stop - s.start for s in self.region)
+        return ndimage.map_coordinates(array, ijk, order=0, mode="constant", cval=0).reshape(shape)
+
+    def volume_ml(self, strength: float) -> float:
+        inside = self.warp(self.ventricles, self.displacement(strength)).sum() * voxel_volume_ml(self.affine)
+        return float(inside + self.outside_ml)
+
+
+def _solve(volume, target: float, before: float, bound: float, tolerance_ml: float) -> tuple[float, float]:
+    """(strength, volume) closest to `target` with |strength| <= bound: bracket, then interpolation on log
+    volume guarded towards bisection; the best iterate if the discrete volume never falls within tolerance."""
+    tried = {0.0: before}
+
+    def at(s: float) -> float:
+        if s not in tried:
+            tried[s] = volume(s)
+        return tried[s]
+
+    grow = target > before
+    lo, hi = (0.0, bound) if grow else (-bound, 0.0)
+    if (at(hi) < target) if grow else (at(lo) > target):  # not reachable within the bound
+        edge = hi if grow else lo
+        return edge, tried[edge]
+    v_lo, v_hi = at(lo), at(hi)
+    for _ in range(MAX_ITERATIONS):
+        best = min(tried, key=lambda s: abs(tried[s] - target))
+        if abs(tried[best] - target) <= tolerance_ml or hi - lo < 1e-3:
+            break
+        span = np.log(max(v_hi, 1e-3)) - np.log(max(v_lo, 1e-3))
+        t = (np.log(target) - np.log(max(v_lo, 1e-3))) / span if span > 0 else 0.5
+        s = lo + float(np.clip(t, 0.1, 0.9)) * (hi - lo)
+        if at(s) < target:
+            lo, v_lo = s, tried[s]
+        else:
+            hi, v_hi = s, tried[s]
+    best = min(tried, key=lambda s: abs(tried[s] - target))
+    return best, tried[best]
+
+
+def plausibility(label: np.ndarray, affine: np.ndarray) -> dict:
+    """Main classes present, brain pieces, ventricle pieces of at least MIN_PIECE_ML (face connectivity)."""
+    pieces, n = connected_components(np.isin(label, VENTRICLE_LABELS))
+    sizes = piece_sizes(pieces, n) * voxel_volume_ml(affine)
+    return {"main_classes_present": bool(np.isin(MAIN_CLASSES, label).all()),
+            "brain_pieces": connected_components(label > 0)[1],
+            "ventricle_pieces": int((sizes >= MIN_PIECE_ML).sum())}
+
+
+def unrefined(label: np.ndarray, affine: np.ndarray) -> dict:
+    """The record of a label map left as sampled (refinement off, or nothing to move)."""
+    return {"got_ml_before_refinement": round(ventricle_volume_ml(label, affine), 3), "refine_strength_mm": 0.0,
+            "max_displacement_mm": 0.0, "mean_displacement_mm": 0.0, "warnings": []}
+
+
+def refine(label: np.ndarray, affine: np.ndarray, asked_ml: float) -> tuple[np.ndarray, dict]:
+    """The label map moved to `asked_ml` of ventricles, and the record: got_ml_before_refinement,
+    refine_strength_mm, max_displacement_mm (any brain voxel), mean_displacement_mm (over the brain's voxels),
+    the plausibility measures and `warnings`."""
+    before = ventricle_volume_ml(label, affine)
+    record = unrefined(label, affine)
+    tolerance_ml = max(TOLERANCE * asked_ml, 0.5 * voxel_volume_ml(affine))
+    if before == 0:
+        record["warnings"].append("refinement skipped: the generated label map has no ventricles")
+        return label, {**record, **plausibility(label, affine)}
+    if abs(before - asked_ml) <= tolerance_ml:
+        return label, {**record, **plausibility(label, affine)}
+    flow = _Flow(label, affine)
+    strength, _ = _solve(flow.volume_ml, float(asked_ml), before, MAX_DISPLACEMENT_MM, tolerance_ml)
+    disp = flow.displacement(strength)
+    out = label.copy()
+    out[flow.region] = flow.warp(label, disp)
+    norm = np.sqrt((disp ** 2).sum(axis=0)).reshape(out[flow.region].shape)
+    brain = out > 0
+    moved = np.zeros(label.shape, np.float32)
+    moved[flow.region] = norm
+    got = ventricle_volume_ml(out, affine)
+    record.update(refine_strength_mm=round(strength, 3),
+                  max_displacement_mm=round(float(moved[brain].max(initial=0.0)), 3),
+                  mean_displacement_mm=round(float(moved[brain].mean()) if brain.any() else 0.0, 3))
+    if abs(got - asked_ml) > tolerance_ml and abs(strength) >= MAX_DISPLACEMENT_MM:
+        record["warnings"].append(
+            f"refinement stopped at {got:.1f} mL (asked {asked_ml:g}, sampled {before:.1f}): reaching the asked "
+            f"volume would move tissue by more than {MAX_DISPLACEMENT_MM:g} mm")
+    checks = plausibility(out, affine)
+    if not checks["main_classes_present"] or checks["brain_pieces"] > 1 or (
+            checks["ventricle_pieces"] > plausibility(label, affine)["ventricle_pieces"]):
+        record["warnings"].append(f"refined label map fails a plausibility check: {checks}")
+    return out, {**record, **checks}

@@ -1,0 +1,124 @@
+"""Benchmark: how closely the bundled mask model's label maps reach the asked ventricle volume (issue 17).
+
+One K-candidate batch per (volume, seed) at the bundle's defaults gives every configuration: (c) the model
+alone (candidate 0 is the candidates=1 sample), (b) best-of-K without refinement, (a) best-of-K refined (the
+defaults), and (d) the model alone refined (what candidates=1 with refinement would give). Volume accuracy
+needs the label maps only; the image stage's time is measured by benchmarks/generate_pair.py.
+
+    python benchmarks/volume_control.py [--seeds 6] [--volumes 10] [--candidates K] [--out results.jsonl]
+    python benchmarks/volume_control.py --summarise results.jsonl   # the table from (partial) results
+
+Each sample's line is appended to --out as it is done, so an interrupted run still summarises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CONFIGS = {"a_refined_best_of_k": ("refined", "best"), "b_best_of_k": ("raw", "best"),
+           "c_model_alone": ("raw", "first"), "d_model_alone_refined": ("refined", "first")}
+
+
+def run(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from VentricleSynthLib.bundles.store import MASK, bundle_path
+    from VentricleSynthLib.generation.generators import MaskGenerator, one_brain
+    from VentricleSynthLib.generation.refinement import plausibility, refine
+    from VentricleSynthLib.generation.sampler import initial_noise
+    from VentricleSynthLib.labels import from_indices
+    from VentricleSynthLib.volumes import ventricle_volume_ml
+
+    mask = MaskGenerator(bundle_path(MASK, args.models), "cpu")
+    settings = mask.settings(candidates=args.candidates)
+    k = settings.candidates
+    volumes = np.linspace(20.0, 140.0, args.volumes)
+    with open(args.out, "a") as out:
+        for seed in range(args.seeds):
+            for asked in volumes:
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    latents = mask.sample_latents([float(asked)] * k, settings.guidance, settings.mask_steps,
+                                                  initial_noise(mask.latent_shape, [seed], k))
+                    label, sampled = mask.choose(latents, float(asked))  # what sample_many keeps
+                    first = one_brain(from_indices(mask.autoencoder.decode(latents[:1]).argmax(dim=1)[0].numpy()))
+                sample_s = time.perf_counter() - t0
+                row = {"asked_ml": float(asked), "seed": seed, "candidates": k,
+                       "sample_s": sample_s, "candidates_ml": sampled["candidates_ml"], "chosen": sampled["chosen"]}
+                for name, source in (("best", label), ("first", first)):
+                    row[f"{name}_raw_ml"] = ventricle_volume_ml(source, mask.affine)
+                    row[f"{name}_raw_checks"] = plausibility(source, mask.affine)
+                    t1 = time.perf_counter()
+                    refined, record = refine(source, mask.affine, float(asked))
+                    row[f"{name}_refine_s"] = time.perf_counter() - t1
+                    row[f"{name}_refined_ml"] = ventricle_volume_ml(refined, mask.affine)
+                    row[f"{name}_refinement"] = record
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+                print(f"seed {seed} asked {asked:.1f}: best {row['best_raw_ml']:.1f} -> {row['best_refined_ml']:.1f}"
+                      f" (max {row['best_refinement']['max_displacement_mm']} mm), first {row['first_raw_ml']:.1f}"
+                      f" -> {row['first_refined_ml']:.1f} (max {row['first_refinement']['max_displacement_mm']} mm)"
+                      f", {sample_s:.0f} s", flush=True)
+
+
+def summarise(path) -> None:
+    from scipy.stats import spearmanr
+
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    asked = np.array([r["asked_ml"] for r in rows])
+    print(f"{len(rows)} samples, {len(set(asked))} volumes x {len(set(r['seed'] for r in rows))} seeds, "
+          f"{rows[0]['candidates']} candidates\n")
+    print("| configuration | median err % | p95 err % | max err % | Spearman |")
+    print("|---|---|---|---|---|")
+    for name, (kind, which) in CONFIGS.items():
+        got = np.array([r[f"{which}_{kind}_ml"] for r in rows])
+        err = np.abs(got - asked) / asked * 100
+        print(f"| {name} | {np.median(err):.2f} | {np.percentile(err, 95):.2f} | {err.max():.2f} | "
+              f"{spearmanr(asked, got).statistic:.4f} |")
+    print("\n| refined from | max disp mm: median / p95 / max | mean disp mm (brain): median | warnings | "
+          "main classes lost | brain pieces > 1 | more ventricle pieces | refine s (median) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for which in ("best", "first"):
+        recs = [r[f"{which}_refinement"] for r in rows]
+        raw = [r[f"{which}_raw_checks"] for r in rows]
+        mx = np.array([x["max_displacement_mm"] for x in recs])
+        mean = np.array([x["mean_displacement_mm"] for x in recs])
+        lost = sum(1 for x, y in zip(recs, raw) if y["main_classes_present"] and not x["main_classes_present"])
+        split = sum(1 for x in recs if x["brain_pieces"] > 1)
+        frag = sum(1 for x, y in zip(recs, raw) if x["ventricle_pieces"] > y["ventricle_pieces"])
+        print(f"| {which} | {np.median(mx):.2f} / {np.percentile(mx, 95):.2f} / {mx.max():.2f} | "
+              f"{np.median(mean):.3f} | {sum(1 for x in recs if x['warnings'])} | {lost} | {split} | {frag} | "
+              f"{np.median([r[f'{which}_refine_s'] for r in rows]):.2f} |")
+    print(f"\nmask sampling (K={rows[0]['candidates']}) s per sample, 1 thread: median "
+          f"{np.median([r['sample_s'] for r in rows]):.1f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=6)
+    p.add_argument("--volumes", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--candidates", type=int, default=None, help="K (default: the bundle's)")
+    p.add_argument("--models", default=None)
+    p.add_argument("--out", default="volume_control.jsonl")
+    p.add_argument("--summarise", metavar="JSONL")
+    args = p.parse_args()
+    if args.summarise:
+        summarise(args.summarise)
+        return
+    run(args)
+    summarise(args.out)
+
+
+if __name__ == "__main__":
+    main()
