@@ -248,7 +248,8 @@ def test_qc_filter_keeps_samples_out_of_the_dataset(resumed, models, tmp_path):
 
 def test_interrupted_sample_is_cleared_and_redone_identically(resumed, models, tmp_path):
     """A kill between moving a sample's files into the dataset and writing its record: the next run removes
-    the files, the staging folder and the half-written record, and makes the sample again, value for value."""
+    the files, the staging folder and the half-written record, and makes the sample again, value for value; a
+    complete sample's leftover (empty) staging folder goes too."""
     out = tmp_path / "interrupted"
     shutil.copytree(resumed["out"], out)
     case = "synth_0006"
@@ -260,6 +261,7 @@ def test_interrupted_sample_is_cleared_and_redone_identically(resumed, models, t
     (out / ".partial" / case / "junk.nii.gz").write_bytes(b"half")
     (out / "imagesTr" / f"{case}_0000.nii.gz").write_bytes(b"not the finished image")
     (out / "records" / f".{case}.json.tmp").write_text("{")
+    (out / ".partial" / "synth_0002").mkdir()  # a complete sample's empty staging: killed before its removal
     done = _run(CLI + _COMMON + ["--models", models["bundles"], "--out", out])
     assert done.returncode == 0, done.stderr[-3000:]
     assert [json.loads(l)["case"] for l in done.stdout.splitlines() if l.startswith("{")] == [case]

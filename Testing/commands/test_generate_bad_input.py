@@ -89,7 +89,7 @@ def test_a_volume_just_below_the_trained_range_is_generated_with_a_warning(run_c
     asked = round((volume_limits(_trained_range(models_dir))[0] + v_min) / 2, 2)
     out = tmp_path / "out"
     (out / ".sample_000.999999999.abcd1234").mkdir(parents=True)  # a killed run's staging (no such pid)
-    done = run_cli("generate", "--ventricle-ml", asked, "--steps", "2", "--candidates", "1",
+    done = run_cli("generate", "--ventricle-ml", asked, "--steps", "2", "--candidates", "1", "--no-refine",
                    "--models", models_dir, "--out", out, timeout=300)
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
@@ -110,7 +110,7 @@ def test_a_cohort_above_the_trained_range_is_generated_with_a_warning(run_cli, m
     v_min, v_max = _trained_range(models_dir)
     asked = round(v_max + 0.1 * (v_max - v_min), 2)
     out = tmp_path / "cohort"
-    done = run_cli("generate", "--distribution", f"list:{asked}", "--steps", "2", "--candidates", "1",
+    done = run_cli("generate", "--distribution", f"list:{asked}", "--steps", "2", "--candidates", "1", "--no-refine",
                    "--no-progress", "--out", out, timeout=300)
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning:")]

@@ -115,4 +115,4 @@ def test_yaml_reads_1e_3_as_text_and_a_learning_rate_still_accepts_it():
     generators = {"datasets": ["natural"], "scheduler": {}, "latent_channels": 3,
                   "mask_ldm": {"arch": {}, "train": {"steps": 1, "batch_size": 1, "lr": "1e-3", "checkpoint_every": 1}}}
     spec = GeneratorsConfig.from_config(_config(generators=generators)).network("mask_ldm")
-    assert spec.train.lr == 0.001 and spec.sampling == {"guidance": 4.0, "steps": 50}
+    assert spec.train.lr == 0.001 and spec.sampling == {"guidance": 4.0, "steps": 50, "refine": True}

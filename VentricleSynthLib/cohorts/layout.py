@@ -55,9 +55,19 @@ class NnunetLayout:
     def read_record(self, index: int) -> dict:
         return json.loads(self._record_path(index).read_text())
 
+    def clear_staging(self, index: int) -> None:
+        """Remove the sample's staging folder; the staging root goes with the last one. A complete sample can
+        have one left: a kill between writing its record and removing the (by then empty) folder."""
+        staging = self.root / ".partial" / self.case(index)
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.parent.rmdir()
+        except OSError:
+            pass
+
     def clear(self, index: int) -> None:
         """Remove whatever an interrupted write of an incomplete sample left (staging, dataset files, record)."""
-        shutil.rmtree(self.root / ".partial" / self.case(index), ignore_errors=True)
+        self.clear_staging(index)
         for p in (self.root / "records").glob(f".{self.case(index)}.json.*"):  # an interrupted record write
             p.unlink(missing_ok=True)
         for p in self._paths(index, True) + self._paths(index, False):
@@ -77,11 +87,7 @@ class NnunetLayout:
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
         write_json(self._record_path(index), record)
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
-            staging.parent.rmdir()  # the last sample in flight takes the staging folder with it
-        except OSError:
-            pass
+        self.clear_staging(index)
 
     def included(self, index: int) -> bool:
         return image_path(self.root, self.case(index)).is_file()
@@ -130,6 +136,8 @@ class SamplesLayout:
         for parent in (self.root, self.root / REJECTED):
             if parent.is_dir():
                 remove_stale_staging(parent, index)
+
+    clear_staging = clear  # a live process's staging is kept either way
 
     def write(self, index: int, image: np.ndarray, label: np.ndarray, affine: np.ndarray, record: dict,
               keep: bool = True) -> None:

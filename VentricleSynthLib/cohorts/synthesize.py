@@ -180,9 +180,11 @@ def synthesize(request: CohortRequest, log: Callable[[str], None] = print) -> di
     layout = make_layout(request.format, out)
     mine = owned(count, batch, shard, shards)
     done = {i for i in mine if layout.is_complete(i)}
-    for i in mine:
-        if i not in done:
-            layout.clear(i)  # what a killed run left: staging files, dataset files without their record
+    for i in mine:  # what a killed run left: staging, and dataset files without their record
+        if i in done:
+            layout.clear_staging(i)
+        else:
+            layout.clear(i)
 
     from VentricleSynthLib.cohorts.qc import FidelityCheck, measure, passes_filter
 
