@@ -5,7 +5,7 @@ alone (candidate 0 is the candidates=1 sample), (b) best-of-K without refinement
 defaults), and (d) the model alone refined (what candidates=1 with refinement would give). Volume accuracy
 needs the label maps only; the image stage's time is measured by benchmarks/generate_pair.py.
 
-    python benchmarks/volume_control.py [--seeds 6] [--volumes 10] [--candidates K] [--out results.jsonl]
+    python benchmarks/volume_control.py [--seeds 6] [--volumes 10] [--candidates K] [--guidance W] [--out F.jsonl]
     python benchmarks/volume_control.py --summarise results.jsonl   # the table from (partial) results
 
 Each sample's line is appended to --out as it is done, so an interrupted run still summarises.
@@ -40,7 +40,7 @@ def run(args) -> None:
     from VentricleSynthLib.volumes import ventricle_volume_ml
 
     mask = MaskGenerator(bundle_path(MASK, args.models), "cpu")
-    settings = mask.settings(candidates=args.candidates)
+    settings = mask.settings(guidance=args.guidance, candidates=args.candidates)
     k = settings.candidates
     volumes = np.linspace(20.0, 140.0, args.volumes)
     with open(args.out, "a") as out:
@@ -53,7 +53,7 @@ def run(args) -> None:
                     label, sampled = mask.choose(latents, float(asked))  # what sample_many keeps
                     first = one_brain(from_indices(mask.autoencoder.decode(latents[:1]).argmax(dim=1)[0].numpy()))
                 sample_s = time.perf_counter() - t0
-                row = {"asked_ml": float(asked), "seed": seed, "candidates": k,
+                row = {"asked_ml": float(asked), "seed": seed, "candidates": k, "guidance": settings.guidance,
                        "sample_s": sample_s, "candidates_ml": sampled["candidates_ml"], "chosen": sampled["chosen"]}
                 for name, source in (("best", label), ("first", first)):
                     row[f"{name}_raw_ml"] = ventricle_volume_ml(source, mask.affine)
@@ -77,7 +77,7 @@ def summarise(path) -> None:
     rows = [json.loads(line) for line in open(path) if line.strip()]
     asked = np.array([r["asked_ml"] for r in rows])
     print(f"{len(rows)} samples, {len(set(asked))} volumes x {len(set(r['seed'] for r in rows))} seeds, "
-          f"{rows[0]['candidates']} candidates\n")
+          f"{rows[0]['candidates']} candidates, guidance {rows[0].get('guidance', 'default')}\n")
     print("| configuration | median err % | p95 err % | max err % | Spearman |")
     print("|---|---|---|---|---|")
     for name, (kind, which) in CONFIGS.items():
@@ -109,6 +109,7 @@ def main() -> None:
     p.add_argument("--volumes", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--candidates", type=int, default=None, help="K (default: the bundle's)")
+    p.add_argument("--guidance", type=float, default=None, help="w (default: the bundle's)")
     p.add_argument("--models", default=None)
     p.add_argument("--out", default="volume_control.jsonl")
     p.add_argument("--summarise", metavar="JSONL")

@@ -135,30 +135,68 @@ def test_bundle_weights_are_half_precision_on_disk_and_float_when_loaded(tmp_pat
         bundles.verify(folder)
 
 
-def test_volume_channels_carry_the_condition_into_every_voxel():
-    """`volume_channels: 2`: [v, flag] as constant input channels; the null token gives zeros; the UNet's
-    prediction changes with the asked volume (it would not if the channels were dropped)."""
-    from VentricleSynthLib.generation.networks import condition, mask_unet_input
-
+def _unet_with_random_output(arch: dict):
     torch.manual_seed(0)
-    arch = {"channels": [8, 16, 16], "num_res_blocks": 1, "attention_levels": [False, False, True],
-            "norm_num_groups": 8, "num_head_channels": 8, "volume_channels": 2}
     unet = mask_unet(arch, 3).eval()
-    for p in unet.out.parameters():  # MONAI zero-initialises the output convolution
-        torch.nn.init.normal_(p, std=0.1)
-    assert unet.conv_in.conv.in_channels == 5
-    z = torch.randn(1, 3, 8, 8, 8).repeat(3, 1, 1, 1, 1)
+    for p in unet.parameters():  # MONAI zero-initialises the output and each residual branch's last convolution
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.1)
+    return unet
+
+
+def _predictions(arch: dict, unet=None) -> torch.Tensor:
+    """The mask UNet's noise predictions for one latent under [v 0.2], [v 0.9] and the null token."""
+    from VentricleSynthLib.generation.networks import condition, mask_unet_forward
+
+    unet = unet or _unet_with_random_output(arch)
+    z = torch.randn(1, 3, 8, 8, 8, generator=torch.Generator().manual_seed(1)).repeat(3, 1, 1, 1, 1)
     context = condition(torch.tensor([0.2, 0.9, 0.9]), keep=torch.tensor([True, True, False]))
-    x = mask_unet_input(z, context, arch)
-    assert x.shape == (3, 5, 8, 8, 8)
-    assert torch.all(x[0, 3] == 0.2) and torch.all(x[1, 3] == 0.9) and torch.all(x[:2, 4] == 1)
-    assert torch.all(x[2, 3:] == 0)
-    assert torch.equal(mask_unet_input(z, context, {**arch, "volume_channels": 0}), z)
     with torch.no_grad():
-        out = unet(x, torch.tensor([500, 500, 500]), context=context)
+        return mask_unet_forward(unet, z, torch.tensor([500, 500, 500]), context, arch)
+
+
+BASE_ARCH = {"channels": [8, 16, 16], "num_res_blocks": 1, "attention_levels": [False, False, False],
+             "norm_num_groups": 8, "num_head_channels": 8}
+
+
+def test_volume_channels_carry_the_condition_into_every_voxel():
+    """`volume_channels: 2`: [v, flag] as constant input channels; the UNet's prediction changes with the asked
+    volume and with the null token."""
+    from VentricleSynthLib.generation.networks import condition, mask_unet_forward
+
+    arch = {**BASE_ARCH, "volume_channels": 2}
+    assert _unet_with_random_output(arch).conv_in.conv.in_channels == 5
+    seen = []
+    unet = _unet_with_random_output(arch)
+    unet.conv_in.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    context = condition(torch.tensor([0.2, 0.9]), keep=torch.tensor([True, False]))
+    with torch.no_grad():
+        mask_unet_forward(unet, torch.zeros(2, 3, 4, 4, 4), torch.tensor([1, 1]), context, arch)
+    x = seen[0]
+    assert x.shape == (2, 5, 4, 4, 4) and torch.all(x[0, 3] == 0.2) and torch.all(x[0, 4] == 1)
+    assert torch.all(x[1, 3:] == 0)
+    out = _predictions(arch)
     assert (out[0] - out[1]).abs().mean() > 1e-4 and (out[1] - out[2]).abs().mean() > 1e-4
     with pytest.raises(ValueError, match="volume_channels"):
         mask_unet({**arch, "volume_channels": 1}, 3)
+
+
+def test_volume_embedding_modulates_the_unet_through_the_time_embedding():
+    """`volume_embedding: true`: the context [v, flag] is embedded (differently for each volume and for the null
+    token) and the prediction depends on that embedding; its weights live under MONAI's class_embedding."""
+    from VentricleSynthLib.generation.networks import VolumeEmbedding, condition
+
+    arch = {**BASE_ARCH, "volume_embedding": True}
+    unet = _unet_with_random_output(arch)
+    assert isinstance(unet.class_embedding, VolumeEmbedding)
+    assert any(k.startswith("class_embedding.") for k in unet.state_dict())
+    embedded = unet.class_embedding(condition(torch.tensor([0.2, 0.9, 0.9]), keep=torch.tensor([True, True, False])))
+    assert embedded.shape == (3, 32)
+    assert (embedded[0] - embedded[1]).abs().max() > 0 and (embedded[1] - embedded[2]).abs().max() > 0
+    with_embedding = _predictions(arch, unet)
+    torch.nn.init.zeros_(unet.class_embedding.net[-1].weight)
+    torch.nn.init.zeros_(unet.class_embedding.net[-1].bias)
+    assert (with_embedding - _predictions(arch, unet)).abs().mean() > 1e-4
 
 
 def test_one_brain_keeps_the_largest_piece_and_its_labels():

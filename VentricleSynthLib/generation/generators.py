@@ -21,7 +21,7 @@ from VentricleSynthLib.generation.networks import (
     image_unet,
     mask_autoencoder,
     mask_unet,
-    mask_unet_input,
+    mask_unet_forward,
 )
 from VentricleSynthLib.generation.sampler import ddim_sample, guided, initial_noise
 from VentricleSynthLib.generation.settings import SamplingSettings, bundle_sampling, check_volume, resolve
@@ -152,8 +152,7 @@ class MaskGenerator(_LatentDiffusion):
         context = torch.cat([condition(v), condition(v, keep=torch.zeros(len(v), device=self.device))])
 
         def conditioned_and_not(z, t):
-            zz = mask_unet_input(torch.cat([z, z]), context, self.unet_arch)
-            return self.unet(zz, torch.cat([t, t]), context=context).chunk(2)
+            return mask_unet_forward(self.unet, torch.cat([z, z]), torch.cat([t, t]), context, self.unet_arch).chunk(2)
 
         return self._sample_latents(guided(conditioned_and_not, guidance), noise, steps, "mask", progress)
 

@@ -3,9 +3,10 @@
 Mask LDM: AutoencoderKL on the one-hot label map (N classes in, N logits out) + DiffusionModelUNet
 with cross-attention on the context [volume, flag] (flag 0 = the null token of classifier-free
 guidance). With `volume_channels: 2` in the UNet's kwargs the same two numbers are also given as
-constant input channels, which every convolution sees (a much stronger condition than one
-cross-attention token at the lowest resolution). Image LDM: SPADEAutoencoderKL +
-SPADEDiffusionModelUNet, both given the one-hot map.
+constant input channels (seen by the first convolution; a stronger condition than one cross-attention
+token at the lowest resolution); with `volume_embedding: true` they are also embedded and added to the
+time embedding, through MONAI's class-embedding hook, so that every residual block is modulated by the
+volume. Image LDM: SPADEAutoencoderKL + SPADEDiffusionModelUNet, both given the one-hot map.
 """
 
 from __future__ import annotations
@@ -25,21 +26,41 @@ def mask_autoencoder(kwargs: dict, num_classes: int = NUM_CLASSES) -> Autoencode
     return AutoencoderKL(spatial_dims=3, in_channels=num_classes, out_channels=num_classes, **_kw(kwargs))
 
 
+class VolumeEmbedding(torch.nn.Module):
+    """The context [volume_norm, flag] -> a vector added to the UNet's time embedding. It takes the place of
+    MONAI's `class_embedding` (an nn.Embedding of class indices), whose sum with the time embedding
+    modulates every residual block; here the "class" is continuous."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, dim), torch.nn.SiLU(), torch.nn.Linear(dim, dim))
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        return self.net(context.reshape(len(context), -1).float())
+
+
 def mask_unet(kwargs: dict, latent_channels: int) -> DiffusionModelUNet:
     kwargs = dict(kwargs)
     extra = int(kwargs.pop("volume_channels", 0))
+    embedding = bool(kwargs.pop("volume_embedding", False))
     if extra not in (0, 2):
         raise ValueError(f"volume_channels must be 0 or 2, got {extra}")
-    return DiffusionModelUNet(spatial_dims=3, in_channels=latent_channels + extra, out_channels=latent_channels,
-                              with_conditioning=True, cross_attention_dim=2, **_kw(kwargs))
+    unet = DiffusionModelUNet(spatial_dims=3, in_channels=latent_channels + extra, out_channels=latent_channels,
+                              with_conditioning=True, cross_attention_dim=2,
+                              num_class_embeds=1 if embedding else None, **_kw(kwargs))
+    if embedding:
+        unet.class_embedding = VolumeEmbedding(4 * unet.block_out_channels[0])  # MONAI's time_embed_dim
+    return unet
 
 
-def mask_unet_input(z: torch.Tensor, context: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    """The mask UNet's input: the latents, plus the context as constant channels when the arch asks."""
-    if not int(kwargs.get("volume_channels", 0)):
-        return z
-    maps = context[:, 0, :, None, None, None].to(z.dtype).expand(-1, -1, *z.shape[2:])
-    return torch.cat([z, maps], dim=1)
+def mask_unet_forward(unet, z: torch.Tensor, t: torch.Tensor, context: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The mask UNet on latents `z` at timesteps `t` under `context` (see `condition`), through every pathway
+    the arch has: cross-attention always, constant input channels and the added embedding when asked."""
+    if int(kwargs.get("volume_channels", 0)):
+        maps = context[:, 0, :, None, None, None].to(z.dtype).expand(-1, -1, *z.shape[2:])
+        z = torch.cat([z, maps], dim=1)
+    labels = context if kwargs.get("volume_embedding") else None
+    return unet(z, t, context=context, class_labels=labels)
 
 
 def image_autoencoder(kwargs: dict, num_classes: int = NUM_CLASSES) -> SPADEAutoencoderKL:

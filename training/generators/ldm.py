@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from VentricleSynthLib.bundles.store import IMAGE, MASK
 from VentricleSynthLib.generation.networks import (condition, ddpm, image_autoencoder, image_unet, mask_autoencoder,
-                                                   mask_unet, mask_unet_input)
+                                                   mask_unet, mask_unet_forward)
 from VentricleSynthLib.imaging.profile import Profile
 
 from training.data.training_arrays import TrainingArrays
@@ -74,7 +74,7 @@ class VolumeConditioning(Conditioning):
     def unet_call(self, ddp, noisy, t, picks, device):
         keep = torch.rand(len(picks), device=device) >= self.drop
         context = condition(self.v_norm[picks].to(device), keep=keep)
-        return ddp(mask_unet_input(noisy, context, self.spec.arch), t, context=context)
+        return mask_unet_forward(ddp, noisy, t, context, self.spec.arch)
 
     def bundle_settings(self) -> dict:
         return {"volume_normalisation": {"min_ml": self.v_min, "max_ml": self.v_max, "quantity": self.quantity,
@@ -82,6 +82,8 @@ class VolumeConditioning(Conditioning):
                 "conditioning": {"context": "[volume_norm, flag]",
                                  "input_channels": "[volume_norm, flag]" if self.spec.arch.get("volume_channels")
                                  else "none",
+                                 "time_embedding": "MLP([volume_norm, flag]) added"
+                                 if self.spec.arch.get("volume_embedding") else "none",
                                  "null_token": [0.0, 0.0], "drop_probability": self.drop},
                 "sampling": self.spec.sampling}
 
