@@ -36,6 +36,7 @@ from VentricleSynthLib.imaging.profile import Profile, to_input_grid, to_profile
 from VentricleSynthLib.io.nifti import Volume
 from VentricleSynthLib.labels import label_name
 from VentricleSynthLib.progress import ProgressCallback
+from VentricleSynthLib.segmentation import partial_volume
 from VentricleSynthLib.segmentation.decision import (
     MIN_THRESHOLD,
     from_segmenter_indices,
@@ -181,13 +182,23 @@ class Segmenter:
         report(2)
         label_profile = labels_from_outputs(probabilities, self.union_head, self.label_table, self.threshold)
         label = self.to_input(probabilities, pre.grid, pre.source)
+        pv = partial_volume.estimate(volume.array, label > 0, volume.affine)
+        label = partial_volume.half_rule(label, pv)  # the boundary convention: at least half ventricle
         report(3)
         per_label = label_volumes_ml(label, volume.affine)
         total = float(np.count_nonzero(label)) * voxel_volume_ml(volume.affine)
+        soft, soft_per_label = partial_volume.soft_volumes_ml(label, pv, volume.affine, tuple(per_label))
         warnings += output_checks(pre.image, label_profile, pre.image > 0.05, total)
+        if not pv.usable and total > 0:
+            warnings.append(f"no partial-volume estimate ({pv.note}): the network's boundary is kept")
         result = {
             "ventricle_ml": round(total, 3),
             "per_label_ml": {label_name(k): round(v, 3) for k, v in per_label.items()},
+            "ventricle_soft_ml": None if soft is None else round(soft, 3),
+            "per_label_soft_ml": None if soft_per_label is None
+            else {label_name(k): round(v, 3) for k, v in soft_per_label.items()},
+            "boundary": "a voxel counts when at least half of it is ventricle (its fraction read from the image "
+                        "at the network's boundary); soft volumes sum the fractions",
             "seconds": round(time.perf_counter() - start, 3),
             "warnings": warnings,
             "device": str(self.device),
