@@ -156,3 +156,35 @@ def test_export_without_a_table_is_refused(scene, ventricle_labels, tmp_path):
     with pytest.raises(ValueError, match="segment a volume first"):
         export_volume_table_csv(node, tmp_path / "v.csv")
     assert not (tmp_path / "v.csv").exists()
+
+
+def test_partial_volumes_come_from_the_result_and_go_with_edits(scene, ventricle_labels, tmp_path):
+    """The worker's partial-volume (soft) mL sit beside the voxel count, per label and in total; a label the
+    worker gave none for, and every row after an edit (the soft volume was the unedited segmentation's), is
+    empty: NaN in the table, blank in the CSV."""
+    label = ventricle_labels()
+    volume = node_from_array(label.astype(np.float32), np.eye(4), name="p", scene=scene)
+    path = save_volume(Volume(label, np.eye(4)), tmp_path / "out" / "segmentation.nii.gz", dtype=np.int16)
+    soft = {SCHEMA[lab][0]: 0.01 * (i + 1) for i, lab in enumerate(VENTRICLE_LABELS[:-1])}  # the last one: none
+    result = {"kind": "segmentation", "files": {"label": str(path)}, **volume_report(label, np.eye(4)),
+              "ventricle_soft_ml": 0.321, "per_label_soft_ml": soft, "warnings": [], "model": MODEL}
+    segmentation = load_segmentation_result(result, volume, scene=scene)
+    table_node = volume_table_for(segmentation)
+    table = table_node.GetTable()
+    assert table.GetColumnByName("partial_volume_ml").IsA("vtkDoubleArray")
+    assert table_node.GetColumnUnitLabel("partial_volume_ml") == "mL"
+    values = {table.GetValue(r, 0).ToString(): table.GetValue(r, 3).ToDouble()
+              for r in range(table.GetNumberOfRows())}
+    for name, ml in soft.items():
+        assert values[name] == pytest.approx(ml)
+    assert np.isnan(values[SCHEMA[VENTRICLE_LABELS[-1]][0]]) and values[TOTAL] == pytest.approx(0.321)
+    with open(export_volume_table_csv(table_node, tmp_path / "v.csv"), newline="") as fh:
+        rows = {row["structure"]: row for row in csv.DictReader(fh)}
+    assert rows[TOTAL]["partial_volume_ml"] == "0.321"
+    assert rows[SCHEMA[VENTRICLE_LABELS[-1]][0]]["partial_volume_ml"] == ""
+    assert json.loads(segmentation.GetAttribute(RECORD_ATTRIBUTE))["ventricle_soft_ml"] == 0.321
+    segmentation_from_label_map(np.where(label == 4, 0, label), np.eye(4), scene=scene, node=segmentation,
+                                closed_surface=False)
+    update_volume_table(segmentation)
+    with open(export_volume_table_csv(table_node, tmp_path / "edited.csv"), newline="") as fh:
+        assert {row["partial_volume_ml"] for row in csv.DictReader(fh)} == {""}

@@ -60,7 +60,7 @@ def _local_mean(image: np.ndarray, weight: np.ndarray, sigma_vox: np.ndarray) ->
     w = ndimage.gaussian_filter(weight.astype(np.float32), sigma_vox, mode="constant")
     v = ndimage.gaussian_filter((image * weight).astype(np.float32), sigma_vox, mode="constant")
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(w > 1e-3, v / w, np.nan)
+        return np.where(w > 1e-9, v / w, np.nan)
 
 
 def _nearest(values: np.ndarray, where: np.ndarray) -> np.ndarray:

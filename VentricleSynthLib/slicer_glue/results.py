@@ -55,8 +55,9 @@ def load_segmentation_result(result: dict, reference_volume_node, scene=None, cl
     node = load_segmentation_file(files["label"], name=base, scene=scene, labels="ventricles",
                                   reference_volume_node=reference_volume_node, closed_surface=closed_surface,
                                   synthetic=is_synthetic(reference_volume_node), show=show)
-    report = {k: result[k] for k in ("ventricle_ml", "per_label_ml", "tiv_ml", "relative_volume", "warnings",
-                                     "seconds", "device", "tta", "model", "ventriclesynth") if k in result}
+    report = {k: result[k] for k in ("ventricle_ml", "per_label_ml", "ventricle_soft_ml", "per_label_soft_ml",
+                                     "boundary", "tiv_ml", "relative_volume", "warnings", "seconds", "device", "tta",
+                                     "model", "ventriclesynth") if k in result}
     node.SetAttribute(RECORD_ATTRIBUTE, json.dumps(report))
     if table:
         volume_table_from_result(result, node, input_volume_node=reference_volume_node)

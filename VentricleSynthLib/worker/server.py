@@ -311,7 +311,8 @@ def _segment(args) -> int:
     label = load_label_map(label_path)
     check_same_grid(image, label, what="input image and segmentation")
     report = {"input": str(image_path), "label": str(label_path), **volume_report(label.array, label.affine)}
-    for key in ("warnings", "model", "device", "tta"):  # what the segmenter adds to the volumes
+    # what the segmenter adds to the volumes: the partial-volume (soft) ones, warnings, the model
+    for key in ("ventricle_soft_ml", "per_label_soft_ml", "boundary", "warnings", "model", "device", "tta"):
         report[key] = returned[key]
     for warning in report.get("warnings") or []:
         print_warning(warning)
