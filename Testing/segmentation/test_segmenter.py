@@ -305,3 +305,12 @@ def test_bundled_segmenter_finds_the_templates_ventricles_on_a_1mm_grid_with_sku
     # left is left: the left lateral ventricle label lies at negative RAS x (the template is centred)
     ijk = np.argwhere(seg.array == 4)
     assert ijk.size and (seg.affine @ np.c_[ijk, np.ones(len(ijk))].T)[0].mean() < centre[0]
+    # the boundary convention is stated and the partial-volume (soft) volume reported beside the voxel count,
+    # per label summing to the total, and the same whatever the storage order
+    for result in results.values():
+        assert "at least half" in result["boundary"]
+        soft = result["per_label_soft_ml"]
+        assert set(soft) == set(result["per_label_ml"])
+        assert sum(soft.values()) == pytest.approx(result["ventricle_soft_ml"], abs=0.01)
+        assert result["ventricle_soft_ml"] == pytest.approx(result["ventricle_ml"], rel=0.1)
+    assert results["lps"]["ventricle_soft_ml"] == pytest.approx(results["ras"]["ventricle_soft_ml"], rel=0.01)

@@ -24,8 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from nibabel.orientations import apply_orientation, io_orientation
 from scipy import ndimage
 
+from VentricleSynthLib.imaging.geometry import Grid, canonical_grid
 from VentricleSynthLib.volumes import voxel_volume_ml
 
 RIM_VOXELS = 1  # the rim re-decided around the network's boundary, in voxels each way
@@ -139,3 +141,20 @@ def soft_volumes_ml(label: np.ndarray, pv: PartialVolume, affine: np.ndarray,
     named = _nearest_label(label[pv.box])
     per = {lab: float(pv.fraction[named == lab].sum()) * voxel for lab in labels}
     return float(pv.fraction.sum()) * voxel, per
+
+
+def apply(image: np.ndarray, label: np.ndarray, affine: np.ndarray, labels: tuple[int, ...]
+          ) -> tuple[np.ndarray, PartialVolume, float | None, dict[int, float] | None]:
+    """The network's `label` map re-decided at its rim by the convention (`half_rule`), the estimate, and the
+    soft volumes (`soft_volumes_ml`). Computed on the RAS-canonical storage of the grid (axes permuted and
+    flipped, no interpolation), so that ties (equidistant labels) fall the same way however the input is stored."""
+    canonical, back = canonical_grid(Grid(tuple(label.shape), np.asarray(affine, float)))
+    if back is not None:
+        forward = io_orientation(affine)
+        image, label = apply_orientation(image, forward), apply_orientation(label, forward)
+    pv = estimate(image, label > 0, canonical.affine)
+    label = half_rule(label, pv)
+    soft, per_label = soft_volumes_ml(label, pv, canonical.affine, labels)
+    if back is not None:
+        label = np.ascontiguousarray(apply_orientation(label, back))
+    return label, pv, soft, per_label

@@ -34,7 +34,7 @@ from VentricleSynthLib.devices import resolve_device
 from VentricleSynthLib.imaging.geometry import Grid, canonical_grid
 from VentricleSynthLib.imaging.profile import Profile, to_input_grid, to_profile
 from VentricleSynthLib.io.nifti import Volume
-from VentricleSynthLib.labels import label_name
+from VentricleSynthLib.labels import VENTRICLE_LABELS, label_name
 from VentricleSynthLib.progress import ProgressCallback
 from VentricleSynthLib.segmentation import partial_volume
 from VentricleSynthLib.segmentation.decision import (
@@ -182,12 +182,12 @@ class Segmenter:
         report(2)
         label_profile = labels_from_outputs(probabilities, self.union_head, self.label_table, self.threshold)
         label = self.to_input(probabilities, pre.grid, pre.source)
-        pv = partial_volume.estimate(volume.array, label > 0, volume.affine)
-        label = partial_volume.half_rule(label, pv)  # the boundary convention: at least half ventricle
+        # the boundary convention (a voxel counts when at least half of it is ventricle) and the soft volumes
+        label, pv, soft, soft_per_label = partial_volume.apply(volume.array, label, volume.affine,
+                                                               VENTRICLE_LABELS)
         report(3)
         per_label = label_volumes_ml(label, volume.affine)
         total = float(np.count_nonzero(label)) * voxel_volume_ml(volume.affine)
-        soft, soft_per_label = partial_volume.soft_volumes_ml(label, pv, volume.affine, tuple(per_label))
         warnings += output_checks(pre.image, label_profile, pre.image > 0.05, total)
         if not pv.usable and total > 0:
             warnings.append(f"no partial-volume estimate ({pv.note}): the network's boundary is kept")
