@@ -172,7 +172,11 @@ _SEGMENTER_DEFAULTS = {
     "trainer": {"epochs": 10, "iterations_per_epoch": 50, "val_iterations_per_epoch": 5, "checkpoint_every": 1},
 }
 _SEGMENTER_KEYS = ("datasets", "dataset_id", "plan", "targets", "union_threshold", "patch_size", "batch_size",
-                   "network", "trainer", "fold", "final_validation", "num_gpus", "device", "image_reader_writer")
+                   "network", "trainer", "fold", "final_validation", "num_gpus", "device", "image_reader_writer",
+                   "appearance", "initial_weights")
+# `appearance`: the probability that a training sample's image is painted from its label map in a random contrast
+# (training/segmenter/appearance.py; null: the T1 images only). `initial_weights`: a segmenter bundle folder (or
+# `bundled`, the shipped one) whose network starts the training (fine-tuning; the same plan is needed).
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,8 @@ class SegmenterConfig:
     num_gpus: int = 1
     device: str = "auto"
     image_reader_writer: str | None = None  # see READER_WRITERS
+    appearance: float | None = None  # see _SEGMENTER_KEYS
+    initial_weights: str | None = None
 
     @classmethod
     def from_config(cls, config: Config, overrides: dict | None = None) -> "SegmenterConfig":
@@ -229,7 +235,9 @@ class SegmenterConfig:
             final_validation=s.boolean("final_validation", False), num_gpus=s.integer("num_gpus", 1, minimum=1),
             device=s.text("device", "auto", "a device name: auto, cpu, cuda, cuda:N or mps"),
             image_reader_writer=s.value("image_reader_writer", None, lambda v: v in READER_WRITERS,
-                                        f"one of {', '.join(READER_WRITERS)}", "nnU-Net's choice"))
+                                        f"one of {', '.join(READER_WRITERS)}", "nnU-Net's choice"),
+            appearance=s.number("appearance", None, low=0, high=1, optional=True),
+            initial_weights=s.text("initial_weights", None, "a segmenter bundle folder or 'bundled'", optional=True))
 
 
 # --- synthesize ----------------------------------------------------------------------------------------

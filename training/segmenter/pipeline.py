@@ -16,7 +16,8 @@ from training.segmenter.bundle import export_bundle
 from training.segmenter.planning import plan_and_preprocess
 from training.segmenter.raw_export import Case, dataset_cases, dataset_name, export_raw, pair_cases
 from training.segmenter.threshold import choose_threshold, fixed_decision, measure
-from training.segmenter.trainer import nnunet_device, schedule_extensions, train, training_seconds
+from training.segmenter.trainer import (initial_weights_provenance, nnunet_device, schedule_extensions, train,
+                                       training_seconds)
 from training.stage_configs import SegmenterConfig
 
 
@@ -31,12 +32,12 @@ def build(config: Config, settings: SegmenterConfig, work: Path, cases: list[Cas
     timings = {}
     t0 = time.time()
     export_raw(cases, Path(os.environ["nnUNet_raw"]), ds_name, profile, progress, settings.targets,
-               settings.image_reader_writer)
+               settings.image_reader_writer, all_structures=settings.appearance is not None)
     timings["export_s"] = round(time.time() - t0, 1)
     t0 = time.time()
     plan_and_preprocess(dataset_id, cases, settings, profile, progress)
     timings["plan_preprocess_s"] = round(time.time() - t0, 1)
-    trained, _ = train(dataset_id, settings, resume, progress)
+    trained, _ = train(dataset_id, settings, profile, resume, progress)
     seconds = training_seconds(trained / f"fold_{settings.fold}" / "checkpoint_final.pth")
     timings["train_s"] = round(seconds, 1)
     provenance = {
@@ -48,6 +49,10 @@ def build(config: Config, settings: SegmenterConfig, work: Path, cases: list[Cas
         "device": str(nnunet_device(settings.device)),
         "config": config.path,
     }
+    if settings.appearance is not None:
+        provenance["appearance"] = settings.appearance
+    if settings.initial_weights is not None:
+        provenance["initial_weights"] = initial_weights_provenance(settings.initial_weights)
     t0 = time.time()
     decision = fixed_decision(settings)
     bundle = export_bundle(trained, out, settings, profile, provenance, decision)

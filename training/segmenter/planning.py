@@ -59,6 +59,8 @@ def _stamp(cases: list[Case], settings: SegmenterConfig, profile: Profile) -> st
            "profile": [profile.spacing, profile.shape]}
     if settings.image_reader_writer is not None:  # absent otherwise: stamps written before it still hold
         key["image_reader_writer"] = settings.image_reader_writer
+    if settings.appearance is not None:  # the label files then hold every structure
+        key["all_structures"] = True
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=list).encode()).hexdigest()
 
 
@@ -100,7 +102,10 @@ def plan_and_preprocess(dataset_id: int, cases: list[Case], settings: SegmenterC
         start = time.time()
         with nnunet_env.pools(n):
             progress(f"PROGRESS stage=segmenter-plan step=1/3 dataset={name}")
-            extract_fingerprint_dataset(dataset_id, num_processes=n, check_dataset_integrity=True, clean=True,
+            # nnU-Net's integrity check wants every label value declared; with the random appearance the label
+            # files also hold the non-ventricle structures, which no region (no output) names
+            extract_fingerprint_dataset(dataset_id, num_processes=n,
+                                        check_dataset_integrity=settings.appearance is None, clean=True,
                                         verbose=False, show_progress_bar=False)
             with nnunet_env.planner_threads():
                 plan_experiment_dataset(dataset_id, overwrite_plans_name=PLANS)

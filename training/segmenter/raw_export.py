@@ -22,6 +22,8 @@ from VentricleSynthLib.io.nifti import Volume, check_same_grid, load_image, load
 from VentricleSynthLib.io.nnunet_raw import list_cases, load_case, read_csv, read_dataset_json, schema_dataset_json
 from VentricleSynthLib.segmentation.decision import SEGMENTER_LABELS, UNION_REGION, to_segmenter_indices
 
+from training.segmenter.appearance import training_labels
+
 
 @dataclass
 class Case:
@@ -117,9 +119,10 @@ def segmenter_dataset_json(num_training: int, extra: dict | None = None, targets
 
 
 def export_raw(cases: list[Case], raw_root: Path, name: str, profile: Profile, progress=print,
-               targets: str = "labels", reader_writer: str | None = None) -> Path:
+               targets: str = "labels", reader_writer: str | None = None, all_structures: bool = False) -> Path:
     """Write (or finish) the nnU-Net raw dataset; cases no longer asked for are removed. `targets` and
-    `reader_writer`: see `segmenter_dataset_json`."""
+    `reader_writer`: see `segmenter_dataset_json`. `all_structures` keeps every structure in the label files
+    (appearance.training_labels: 1..6 ventricles, 7.. the rest, for the random appearance) instead of 0..6."""
     if len({c.case_id for c in cases}) != len(cases):
         raise DatasetError("duplicate case identifiers among the segmenter's training sources")
     root = Path(raw_root) / name
@@ -127,8 +130,11 @@ def export_raw(cases: list[Case], raw_root: Path, name: str, profile: Profile, p
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
     # keep a written case only if it still comes from the same source (resume); drop everything else
-    previous = {r["case"]: r["origin"] for r in read_csv(root / "cases.csv")} if (root / "cases.csv").is_file() else {}
-    wanted = {c.case_id for c in cases if previous.get(c.case_id) == c.origin}
+    labels_kind = "all-structures" if all_structures else "ventricles"
+    previous = {r["case"]: (r["origin"], r.get("labels", "ventricles")) for r in read_csv(root / "cases.csv")} \
+        if (root / "cases.csv").is_file() else {}
+    wanted = {c.case_id for c in cases if previous.get(c.case_id) == (c.origin, labels_kind)}
+    to_indices = training_labels if all_structures else to_segmenter_indices
     for folder, suffix in ((images, "_0000.nii.gz"), (labels, ".nii.gz")):
         for p in folder.iterdir():
             if p.name.endswith(suffix) and p.name[: -len(suffix)] not in wanted:
@@ -141,15 +147,15 @@ def export_raw(cases: list[Case], raw_root: Path, name: str, profile: Profile, p
         if image is not None:
             image, label = _on_profile(image, label, profile)
             save_volume(Volume(image.array.astype(np.float32), image.affine), img_path, dtype=np.float32)
-            save_volume(Volume(to_segmenter_indices(label.array), label.affine), lab_path, dtype=np.uint8)
-        rows.append({"case": case.case_id, "origin": case.origin, "split": case.split})
+            save_volume(Volume(to_indices(label.array), label.affine), lab_path, dtype=np.uint8)
+        rows.append({"case": case.case_id, "origin": case.origin, "split": case.split, "labels": labels_kind})
         if i % 10 == 0 or i == len(cases):
             progress(f"PROGRESS stage=segmenter-export step={i}/{len(cases)} case={case.case_id}")
     write_json(root / "dataset.json", segmenter_dataset_json(len(cases), {
         "name": name, "profile": profile.name,
         "description": "VentricleSynth ventricle segmenter training set (labels 1..6 = FreeSurfer 4,43,5,44,14,15)"},
         targets, reader_writer))
-    write_csv(root / "cases.csv", rows, ["case", "origin", "split"])
+    write_csv(root / "cases.csv", rows, ["case", "origin", "split", "labels"])
     return root
 
 

@@ -28,20 +28,41 @@ def is_default_schedule(schedule: dict) -> bool:
     return all(int(schedule[k]) == v for k, v in NNUNET_DEFAULT_SCHEDULE.items()) and "initial_lr" not in schedule
 
 
-def trainer_class(schedule: dict):
-    """nnU-Net's trainer for this schedule: `nnUNetTrainerNoMirroring` for the defaults, else a subclass of it.
+def trainer_class(schedule: dict, appearance: float | None = None, percentiles: tuple = (0.5, 99.5)):
+    """nnU-Net's trainer for this schedule: `nnUNetTrainerNoMirroring` for the defaults, else a subclass of it;
+    with `appearance` (a probability) a further subclass paints random-contrast images first in its training
+    pipeline (training/segmenter/appearance.py; `percentiles`: the profile's, for the painted images).
 
     Mirroring is off because the labels are lateralised: nnU-Net's default flips along every axis turn a
     left lateral ventricle into a right one, so the network learns the two as one blurred class (the first
     cpu segmenter split its union probability between them and under-segmented by 5.7 mL). Inputs always
     reach the network in the profile's RAS orientation, so flips buy no invariance worth that.
     """
-    import torch
     from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
         nnUNetTrainerNoMirroring)
 
-    if is_default_schedule(schedule):
-        return nnUNetTrainerNoMirroring
+    base = nnUNetTrainerNoMirroring if is_default_schedule(schedule) else _scheduled(schedule)
+    if appearance is None:
+        return base
+
+    from training.segmenter.appearance import RandomAppearance
+
+    class VentricleSynthAppearanceTrainer(base):
+        """The trainer above with a random appearance before nnU-Net's own augmentation."""
+
+        @staticmethod
+        def get_training_transforms(*args, **kwargs):
+            composed = base.get_training_transforms(*args, **kwargs)
+            composed.transforms.insert(0, RandomAppearance(appearance, percentiles))
+            return composed
+
+    return VentricleSynthAppearanceTrainer
+
+
+def _scheduled(schedule: dict):
+    import torch
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
+        nnUNetTrainerNoMirroring)
 
     class VentricleSynthTrainer(nnUNetTrainerNoMirroring):
         """nnUNetTrainerNoMirroring with epochs, iterations, checkpoint interval (and lr) from the config."""
@@ -72,15 +93,65 @@ def nnunet_device(name: str):
     return torch.device("cuda", 0) if device.type == "cuda" else device
 
 
-def train(dataset_id: int, settings: SegmenterConfig, resume: bool = False, progress=print) -> tuple[Path, float]:
-    """Train (or continue) fold `settings.fold`; returns the trainer's output folder base and training seconds."""
+def initial_checkpoint(initial_weights: str) -> Path:
+    """The nnU-Net checkpoint of a segmenter bundle folder (`bundled`: the shipped segmenter)."""
+    from VentricleSynthLib.bundles.format import read_config
+    from VentricleSynthLib.bundles.store import BUNDLED, SEGMENTER
+
+    folder = BUNDLED / SEGMENTER if initial_weights == "bundled" else Path(initial_weights)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"segmenter.initial_weights: {folder} is not a segmenter bundle (no config.json)")
+    nn = read_config(folder)["nnunet"]
+    checkpoint = folder / nn["model_folder"] / f"fold_{nn['folds'][0]}" / nn["checkpoint"]
+    if not checkpoint.is_file():
+        raise ConfigError(f"segmenter.initial_weights: {checkpoint} is missing")
+    return checkpoint
+
+
+def initial_weights_provenance(initial_weights: str) -> dict:
+    """What the card says about the network a fine-tuning started from: its checkpoint's sha256, epochs and
+    training seconds (from the bundle's own config)."""
+    import hashlib
+
+    from VentricleSynthLib.bundles.format import read_config
+
+    checkpoint = initial_checkpoint(initial_weights)
+    bundle = checkpoint.parents[4]
+    training = read_config(bundle).get("training", {})
+    return {"bundle": initial_weights, "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+            "seconds": training.get("seconds"), "schedule": training.get("schedule"),
+            "git_commit": training.get("git_commit")}
+
+
+def _load_initial_weights(trainer, initial_weights: str, progress=print) -> None:
+    """Start from a bundle's network: the same plan gives the same layers (a mismatch is an error)."""
+    import torch
+
+    checkpoint = initial_checkpoint(initial_weights)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    trainer.initialize()
+    network = trainer.network.module if hasattr(trainer.network, "module") else trainer.network
+    network = getattr(network, "_orig_mod", network)
+    try:
+        network.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as exc:
+        raise ConfigError(f"segmenter.initial_weights: {checkpoint} does not fit this plan's network: "
+                          f"{str(exc).splitlines()[0]}") from None
+    progress(f"segmenter: network initialised from {checkpoint}")
+
+
+def train(dataset_id: int, settings: SegmenterConfig, profile=None, resume: bool = False,
+          progress=print) -> tuple[Path, float]:
+    """Train (or continue) fold `settings.fold`; returns the trainer's output folder base and training seconds.
+    `profile` gives the random appearance its intensity percentiles."""
     import torch
     from nnunetv2.run.run_training import maybe_load_checkpoint, run_training
     from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 
     name = convert_id_to_dataset_name(dataset_id)
     pre = Path(os.environ["nnUNet_preprocessed"]) / name
-    cls = trainer_class(settings.trainer)
+    percentiles = tuple(profile.percentiles) if profile is not None else (0.5, 99.5)
+    cls = trainer_class(settings.trainer, settings.appearance, percentiles)
     fold = settings.fold
     base = Path(os.environ["nnUNet_results"]) / name / f"{cls.__name__}__{PLANS}__{CONFIGURATION}"
     fold_dir = base / f"fold_{fold}"
@@ -108,8 +179,9 @@ def train(dataset_id: int, settings: SegmenterConfig, resume: bool = False, prog
     device = nnunet_device(settings.device)
     num_gpus = int(settings.num_gpus)
     if num_gpus > 1:
-        if device.type != "cuda" or cls.__name__ != "nnUNetTrainerNoMirroring":
-            raise ConfigError("segmenter.num_gpus > 1 needs CUDA and nnU-Net's default schedule")
+        if device.type != "cuda" or cls.__name__ != "nnUNetTrainerNoMirroring" or settings.initial_weights:
+            raise ConfigError("segmenter.num_gpus > 1 needs CUDA and nnU-Net's default schedule, without "
+                              "appearance or initial_weights")
         run_training(str(dataset_id), CONFIGURATION, fold, cls.__name__, PLANS, num_gpus=num_gpus,
                      continue_training=resume, device=device)
         return base, time.time() - start
@@ -119,8 +191,10 @@ def train(dataset_id: int, settings: SegmenterConfig, resume: bool = False, prog
     trainer = cls(plans=plans, configuration=CONFIGURATION, fold=fold, dataset_json=dataset_json, device=device)
     if continued_from is not None:
         trainer.load_checkpoint(str(continued_from))
-    else:
+    elif resume and existing:
         maybe_load_checkpoint(trainer, resume, False)
+    elif settings.initial_weights is not None:
+        _load_initial_weights(trainer, settings.initial_weights, progress)
     if torch.cuda.is_available() and device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     trainer.run_training()
