@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from VentricleSynthLib.imaging.flows import integrate_velocity, mask_attraction_field, sample_field
+from VentricleSynthLib.imaging.flows import integrate_velocity, mask_attraction_field, sample_field, solve_strength
 from VentricleSynthLib.imaging.geometry import ras_grid, world_bbox
 from VentricleSynthLib.labels import MAIN_CLASSES, VENTRICLE_LABELS
 from VentricleSynthLib.morphology import connected_components, piece_sizes
@@ -43,17 +43,19 @@ class _Flow:
         self.field_grid = ras_grid(FIELD_SPACING_MM, np.ceil((hi - lo + 2 * margin) / FIELD_SPACING_MM) + 1,
                                    (lo + hi) / 2)
         self.attraction = mask_attraction_field(ventricles, self.affine, SIGMA_MM, self.field_grid)
-        self.region = self._region(label.shape, lo - margin, hi + margin)
+        inverse = np.linalg.inv(self.affine)
+        self.region = self._region(label.shape, lo - margin, hi + margin, inverse)
+        self.inverse = inverse.astype(np.float32)
         ijk = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in self.region], indexing="ij")).reshape(3, -1)
         self.points = (self.affine[:3, :3] @ ijk + self.affine[:3, 3:4]).astype(np.float32)
-        self.inverse = np.linalg.inv(self.affine).astype(np.float32)
         self.ventricles = ventricles.astype(np.uint8)
         self.outside_ml = (ventricles.sum() - ventricles[self.region].sum()) * voxel_volume_ml(self.affine)
 
-    def _region(self, shape, lo_world, hi_world) -> tuple[slice, ...]:
+    @staticmethod
+    def _region(shape, lo_world, hi_world, inverse: np.ndarray) -> tuple[slice, ...]:
         corners = np.array([[x, y, z] for x in (lo_world[0], hi_world[0]) for y in (lo_world[1], hi_world[1])
                             for z in (lo_world[2], hi_world[2])]).T
-        ijk = np.linalg.inv(self.affine)[:3, :3] @ corners + np.linalg.inv(self.affine)[:3, 3:4]
+        ijk = inverse[:3, :3] @ corners + inverse[:3, 3:4]
         first = np.clip(np.floor(ijk.min(axis=1)), 0, np.array(shape) - 1).astype(int)
         last = np.clip(np.ceil(ijk.max(axis=1)), 0, np.array(shape) - 1).astype(int)
         return tuple(slice(a, b + 1) for a, b in zip(first, last))
@@ -77,37 +79,6 @@ class _Flow:
         return float(inside + self.outside_ml)
 
 
-def _solve(volume, target: float, before: float, bound: float, tolerance_ml: float) -> tuple[float, float]:
-    """(strength, volume) closest to `target` with |strength| <= bound: bracket, then interpolation on log
-    volume guarded towards bisection; the best iterate if the discrete volume never falls within tolerance."""
-    tried = {0.0: before}
-
-    def at(s: float) -> float:
-        if s not in tried:
-            tried[s] = volume(s)
-        return tried[s]
-
-    grow = target > before
-    lo, hi = (0.0, bound) if grow else (-bound, 0.0)
-    if (at(hi) < target) if grow else (at(lo) > target):  # not reachable within the bound
-        edge = hi if grow else lo
-        return edge, tried[edge]
-    v_lo, v_hi = at(lo), at(hi)
-    for _ in range(MAX_ITERATIONS):
-        best = min(tried, key=lambda s: abs(tried[s] - target))
-        if abs(tried[best] - target) <= tolerance_ml or hi - lo < 1e-3:
-            break
-        span = np.log(max(v_hi, 1e-3)) - np.log(max(v_lo, 1e-3))
-        t = (np.log(target) - np.log(max(v_lo, 1e-3))) / span if span > 0 else 0.5
-        s = lo + float(np.clip(t, 0.1, 0.9)) * (hi - lo)
-        if at(s) < target:
-            lo, v_lo = s, tried[s]
-        else:
-            hi, v_hi = s, tried[s]
-    best = min(tried, key=lambda s: abs(tried[s] - target))
-    return best, tried[best]
-
-
 def plausibility(label: np.ndarray, affine: np.ndarray) -> dict:
     """Main classes present, brain pieces, ventricle pieces of at least MIN_PIECE_ML (face connectivity)."""
     pieces, n = connected_components(np.isin(label, VENTRICLE_LABELS))
@@ -115,6 +86,13 @@ def plausibility(label: np.ndarray, affine: np.ndarray) -> dict:
     return {"main_classes_present": bool(np.isin(MAIN_CLASSES, label).all()),
             "brain_pieces": connected_components(label > 0)[1],
             "ventricle_pieces": int((sizes >= MIN_PIECE_ML).sum())}
+
+
+def plausible(checks: dict, sampled: dict) -> bool:
+    """A refined map's `plausibility` passes: main classes present, one brain, no more ventricle pieces than the
+    sampled map had (`sampled`: its plausibility)."""
+    return checks["main_classes_present"] and checks["brain_pieces"] == 1 and \
+        checks["ventricle_pieces"] <= sampled["ventricle_pieces"]
 
 
 def unrefined(label: np.ndarray, affine: np.ndarray) -> dict:
@@ -130,13 +108,16 @@ def refine(label: np.ndarray, affine: np.ndarray, asked_ml: float) -> tuple[np.n
     before = ventricle_volume_ml(label, affine)
     record = unrefined(label, affine)
     tolerance_ml = max(TOLERANCE * asked_ml, 0.5 * voxel_volume_ml(affine))
+    sampled = plausibility(label, affine)
     if before == 0:
         record["warnings"].append("refinement skipped: the generated label map has no ventricles")
-        return label, {**record, **plausibility(label, affine)}
+        return label, {**record, **sampled, "plausible": plausible(sampled, sampled)}
     if abs(before - asked_ml) <= tolerance_ml:
-        return label, {**record, **plausibility(label, affine)}
+        return label, {**record, **sampled, "plausible": plausible(sampled, sampled)}
     flow = _Flow(label, affine)
-    strength, _ = _solve(flow.volume_ml, float(asked_ml), before, MAX_DISPLACEMENT_MM, tolerance_ml)
+    bracket = (0.0, MAX_DISPLACEMENT_MM) if asked_ml > before else (-MAX_DISPLACEMENT_MM, 0.0)
+    strength, _ = solve_strength(flow.volume_ml, float(asked_ml), *bracket, tolerance_ml, MAX_ITERATIONS,
+                                 known={0.0: before})
     disp = flow.displacement(strength)
     out = label.copy()
     out[flow.region] = flow.warp(label, disp)
@@ -153,7 +134,7 @@ def refine(label: np.ndarray, affine: np.ndarray, asked_ml: float) -> tuple[np.n
             f"refinement stopped at {got:.1f} mL (asked {asked_ml:g}, sampled {before:.1f}): reaching the asked "
             f"volume would move tissue by more than {MAX_DISPLACEMENT_MM:g} mm")
     checks = plausibility(out, affine)
-    if not checks["main_classes_present"] or checks["brain_pieces"] > 1 or (
-            checks["ventricle_pieces"] > plausibility(label, affine)["ventricle_pieces"]):
+    ok = plausible(checks, sampled)
+    if not ok:
         record["warnings"].append(f"refined label map fails a plausibility check: {checks}")
-    return out, {**record, **checks}
+    return out, {**record, **checks, "plausible": ok}

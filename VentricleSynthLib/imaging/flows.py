@@ -45,3 +45,38 @@ def mask_attraction_field(mask: np.ndarray, affine: np.ndarray, sigma_mm: float,
     field = np.stack([resample(g * s, affine, coarse, order=1) for g, s in zip(grads, signs)])
     peak = np.sqrt((field ** 2).sum(axis=0)).max()
     return (field / peak).astype(np.float32) if peak > 0 else field
+
+
+def solve_strength(volume, target: float, lo: float, hi: float, tolerance: float, max_iterations: int,
+                   first: float = 0.0, known: dict | None = None) -> tuple[float, float]:
+    """(strength, volume): the flow strength in [lo, hi] whose `volume(strength)` (increasing) is `target`.
+
+    Both ends are evaluated first (a target outside their volumes gets the nearer end), then `first`, then
+    interpolation on log volume guarded towards bisection (a ventricle grows roughly exponentially with the
+    strength), until within `tolerance`; the best iterate if the discrete volume never gets that close.
+    `known`: volumes already measured ({strength: volume}), not measured again. The template cohort and
+    exact-volume refinement both use it."""
+    tried = dict(known or {})
+
+    def at(s: float) -> float:
+        if s not in tried:
+            tried[s] = float(volume(s))
+        return tried[s]
+
+    v_lo, v_hi = at(lo), at(hi)
+    if not v_lo <= target <= v_hi:
+        return (lo, v_lo) if abs(v_lo - target) < abs(v_hi - target) else (hi, v_hi)
+    strength, vol = first, at(first)
+    for _ in range(max_iterations):
+        if abs(vol - target) <= tolerance or hi - lo < 1e-3:
+            return strength, vol
+        if vol < target:
+            lo, v_lo = strength, vol
+        else:
+            hi, v_hi = strength, vol
+        span = np.log(max(v_hi, 1e-3)) - np.log(max(v_lo, 1e-3))
+        t = (np.log(target) - np.log(max(v_lo, 1e-3))) / span if span > 0 else 0.5
+        strength = lo + float(np.clip(t, 0.1, 0.9)) * (hi - lo)
+        vol = at(strength)
+    best = min(tried, key=lambda s: abs(tried[s] - target))
+    return best, tried[best]

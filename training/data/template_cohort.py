@@ -16,7 +16,7 @@ from scipy import ndimage
 from training.data.templates import Template
 from training.data.warps import random_affine, random_velocity
 from training.stage_configs import TEMPLATE_DATASETS
-from VentricleSynthLib.imaging.flows import integrate_velocity, mask_attraction_field, sample_field
+from VentricleSynthLib.imaging.flows import integrate_velocity, mask_attraction_field, sample_field, solve_strength
 from VentricleSynthLib.imaging.geometry import percentile_normalise, ras_grid, world_bbox
 from VentricleSynthLib.labels import VENTRICLE_LABELS
 from VentricleSynthLib.volumes import tiv_ml, ventricle_volume_ml, voxel_volume_ml
@@ -94,24 +94,8 @@ class TemplateCohort:
             warped = self._ventricle_flow(strength, points)
             return float(self._to_template(warped, 0, self._ventricles).sum()) * self._voxel_ml
 
-        lo, hi = -30.0, 60.0
-        v_lo, v_hi = volume(lo), volume(hi)
-        if not v_lo <= target_ml <= v_hi:
-            best = lo if abs(v_lo - target_ml) < abs(v_hi - target_ml) else hi
-            return best, (v_lo if best == lo else v_hi)
-        strength, vol = 0.0, volume(0.0)
-        for _ in range(s.max_iterations):
-            if abs(vol - target_ml) <= max(s.tolerance * target_ml, 0.5 * self._voxel_ml):
-                break
-            if vol < target_ml:
-                lo, v_lo = strength, vol
-            else:
-                hi, v_hi = strength, vol
-            # interpolate on log volume, guarded towards bisection
-            t = (np.log(target_ml) - np.log(max(v_lo, 1e-3))) / (np.log(v_hi) - np.log(max(v_lo, 1e-3)))
-            strength = lo + float(np.clip(t, 0.1, 0.9)) * (hi - lo)
-            vol = volume(strength)
-        return strength, vol
+        tolerance = max(s.tolerance * target_ml, 0.5 * self._voxel_ml)
+        return solve_strength(volume, target_ml, -30.0, 60.0, tolerance, s.max_iterations)
 
     def make_case(self, target_ml: float, rng: np.random.Generator) -> dict:
         """One subject: returns image (float32 [0,1]), label (int16 schema), affine and the record."""
