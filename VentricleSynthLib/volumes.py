@@ -1,10 +1,17 @@
-"""Volumes in millilitres from label maps: ventricles (total and per label), TIV, relative volume."""
+"""Volumes in millilitres from label maps: ventricles (total and per label), TIV, relative volume; the pieces the
+ventricular system falls into."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from VentricleSynthLib.labels import VENTRICLE_LABELS, label_name
+from VentricleSynthLib.morphology import connected_components, piece_sizes
+
+# A label map whose largest 26-connected ventricle piece holds less than this share of the ventricular volume has
+# scattered ventricles (the template cohort's maps: at least 0.84 in 240 checked; a sampled 20 mL map with 42
+# pieces: 0.23). Generation rejects such candidates.
+SCATTERED_BELOW = 0.7
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:
@@ -22,6 +29,21 @@ def label_volumes_ml(label_map: np.ndarray, affine: np.ndarray, labels=VENTRICLE
 def ventricle_volume_ml(label_map: np.ndarray, affine: np.ndarray) -> float:
     """Volume of the ventricular system (union of the six ventricle labels) in mL."""
     return float(np.isin(label_map, VENTRICLE_LABELS).sum()) * voxel_volume_ml(affine)
+
+
+def ventricle_pieces(label_map: np.ndarray) -> tuple[int, float]:
+    """(number of 26-connected pieces of the ventricles, fraction of their volume in the largest)."""
+    pieces, n = connected_components(np.isin(label_map, VENTRICLE_LABELS), full_connectivity=True)
+    if n == 0:
+        return 0, 0.0
+    sizes = piece_sizes(pieces, n)
+    return n, float(sizes.max() / sizes.sum())
+
+
+def scattered(label_map: np.ndarray) -> bool:
+    """Ventricles scattered in pieces (see SCATTERED_BELOW); no ventricles at all is not 'scattered'."""
+    n, largest = ventricle_pieces(label_map)
+    return n > 0 and largest < SCATTERED_BELOW
 
 
 def tiv_ml(label_map: np.ndarray, affine: np.ndarray) -> float:

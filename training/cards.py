@@ -76,6 +76,15 @@ VOLUME_CONTROL = "Volume control (measured)"
 IMAGE_REALISM = "Image realism (measured)"
 
 
+def _calibration_text(calibration: dict | None) -> str:
+    if not calibration:
+        return "No volume calibration: the asked volume is the model's condition.\n\n"
+    pairs = ", ".join(f"{a:.0f}→{c:.0f}" for a, c in zip(calibration["asked_ml"], calibration["condition_ml"]))
+    return (f"Volume calibration (asked → condition, mL; fitted by this stage at w = {calibration['guidance']:g}, "
+            f"K = 1, seeds {', '.join(str(s) for s in calibration['seeds'])}, none of the seeds measured below; "
+            f"the condition that gave the asked volume as median): {pairs}. All rows below use it.\n\n")
+
+
 def calibration_sections(result: dict, previews: list[Path], command: str) -> tuple[str, str]:
     """The calibrate stage's measured sections: (mask card's volume control, image card's realism)."""
     asked = list(next(iter(result["volume_control"].values()))["median_got_ml"])
@@ -99,6 +108,7 @@ def calibration_sections(result: dict, previews: list[Path], command: str) -> tu
               "keeps the candidate closest to the asked volume; the refined columns: the same label maps moved to the "
               "asked volume by exact-volume refinement, the generator's default; plausible: main classes kept, one "
               "brain, no new ventricle piece).\n\n"
+              + _calibration_text(result.get("volume_calibration"))
               + "\n".join(lines) + "\n\n![asked vs obtained](volume_control.png)\n")
     realism = (f"Measured with `{command}`: {result['image_samples']} pairs across the trained range with the mask "
                f"generator's default sampling ({result['default']}). Mean intensity WM > GM > ventricles inside "

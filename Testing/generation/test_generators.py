@@ -50,10 +50,11 @@ def test_candidates_keep_the_decoding_closest_to_the_asked_volume(trained):
     label, record = mask.sample_with_record(60.0, guidance=2.0, steps=3, seed=5, candidates=3)
     vols = record["candidates_ml"]
     assert record["candidates"] == 3 and len(vols) == 3
-    complete = record["candidates_complete"]
-    assert len(complete) == 3
-    eligible = [i for i in range(3) if complete[i]] or [0, 1, 2]
-    assert record["chosen"] == min(eligible, key=lambda i: abs(vols[i] - 60.0))
+    complete, whole = record["candidates_complete"], record["candidates_whole"]
+    assert len(complete) == len(whole) == 3
+    # rank: all main classes first, then ventricles not scattered, then the volume
+    rank = {i: (not complete[i], not whole[i], abs(vols[i] - 60.0)) for i in range(3)}
+    assert record["chosen"] == min(rank, key=rank.get)
     assert ventricle_volume_ml(label, mask.affine) == pytest.approx(vols[record["chosen"]], abs=1e-3)
     again, record_again = mask.sample_with_record(60.0, guidance=2.0, steps=3, seed=5, candidates=3)
     assert np.array_equal(label, again) and record_again == record
@@ -64,6 +65,27 @@ def test_candidates_keep_the_decoding_closest_to_the_asked_volume(trained):
     for bad in (0, 17, 2.5):
         with pytest.raises(Exception, match="candidates"):
             mask.sample(60.0, steps=2, candidates=bad)
+
+
+def test_a_volume_calibration_maps_the_asked_volume_to_its_condition(trained, tmp_path):
+    """With a calibration table the model is conditioned on the table's condition for the asked volume: the
+    same sample as asking that condition without the table; the record keeps the condition."""
+    from training.generators.calibration import store_volume_calibration
+
+    folder = tmp_path / "mask_generator"
+    shutil.copytree(trained / "bundles" / "mask_generator", folder)
+    plain = MaskGenerator(folder, "cpu")
+    assert plain.condition_ml(60.0) == 60.0
+    store_volume_calibration(folder, {"asked_ml": [20.0, 60.0, 140.0], "condition_ml": [12.0, 40.0, 120.0]})
+    bundles.verify(folder)
+    calibrated = MaskGenerator(folder, "cpu")
+    assert calibrated.condition_ml(60.0) == 40.0 and calibrated.condition_ml(100.0) == 80.0
+    assert calibrated.condition_ml(500.0) == 120.0  # the table's end beyond it
+    label, record = calibrated.sample_with_record(60.0, guidance=2.0, steps=3, seed=3, candidates=1)
+    reference, _ = plain.sample_with_record(40.0, guidance=2.0, steps=3, seed=3, candidates=1)
+    assert record["condition_ml"] == 40.0 and np.array_equal(label, reference)
+    store_volume_calibration(folder, None)
+    assert MaskGenerator(folder, "cpu").calibration is None
 
 
 def test_cli_generate_writes_the_sample_layout(trained, tmp_path):

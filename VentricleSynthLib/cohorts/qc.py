@@ -21,8 +21,7 @@ import numpy as np
 from VentricleSynthLib.io.nifti import Volume
 from VentricleSynthLib.labels import VENTRICLE_LABELS
 from VentricleSynthLib.metrics import dice
-from VentricleSynthLib.morphology import connected_components, piece_sizes
-from VentricleSynthLib.volumes import ventricle_volume_ml
+from VentricleSynthLib.volumes import ventricle_pieces, ventricle_volume_ml
 
 VOLUME_TOLERANCE_ML = 5.0  # flag `volume_off` when |got - asked| exceeds both this ...
 VOLUME_TOLERANCE_REL = 0.2  # ... and this fraction of the asked volume
@@ -59,19 +58,9 @@ class FidelityCheck:
         return label.array, ""
 
 
-def components(label: np.ndarray) -> tuple[int, float]:
-    """(number of 26-connected pieces of the ventricles, fraction of their volume in the largest)."""
-    vent = np.isin(label, VENTRICLE_LABELS)
-    pieces, n = connected_components(vent, full_connectivity=True)
-    if n == 0:
-        return 0, 0.0
-    sizes = piece_sizes(pieces, n)
-    return n, float(sizes.max() / sizes.sum())
-
-
 def measure(image: np.ndarray, label: np.ndarray, affine: np.ndarray, asked_ml: float, got_ml: float,
             check: FidelityCheck) -> dict:
-    n, largest = components(label)
+    n, largest = ventricle_pieces(label)
     predicted, note = check.segment(image, affine)
     if predicted is None:
         qc_dice, seg_ml = math.nan, math.nan

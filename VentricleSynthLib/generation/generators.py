@@ -1,7 +1,9 @@
 """The two bundled latent diffusion models: label maps with a requested ventricle volume (classifier-free
 guidance), and label map -> T1-like image (SPADE).
 
-The volume is asked in mL and normalised with the statistics stored in the mask bundle. How a pair is
+The volume is asked in mL, mapped through the mask bundle's volume calibration when it has one (the condition
+that gave the asked volume when measured, `condition_ml`) and normalised with the statistics stored in the
+bundle. How a pair is
 sampled (guidance, steps, candidates) is `settings.SamplingSettings`; the DDIM loop is `sampler.ddim_sample`.
 """
 
@@ -28,7 +30,7 @@ from VentricleSynthLib.generation.settings import SamplingSettings, bundle_sampl
 from VentricleSynthLib.labels import MAIN_CLASSES, from_indices, one_hot, to_indices
 from VentricleSynthLib.morphology import connected_components, largest_piece
 from VentricleSynthLib.progress import ProgressCallback
-from VentricleSynthLib.volumes import ventricle_volume_ml
+from VentricleSynthLib.volumes import scattered, ventricle_volume_ml
 
 
 def one_brain(label: np.ndarray) -> np.ndarray:
@@ -96,6 +98,14 @@ class MaskGenerator(_LatentDiffusion):
         self.unet_arch = arch["unet"]
         norm = self.config["volume_normalisation"]
         self.v_min, self.v_max = float(norm["min_ml"]), float(norm["max_ml"])
+        self.calibration = self.config.get("volume_calibration")  # None: the condition is the asked volume
+
+    def condition_ml(self, volume_ml: float) -> float:
+        """The condition that yields `volume_ml`: the bundle's measured calibration (asked -> condition, linear
+        between its points, its end points beyond them), or the volume itself without one."""
+        if not self.calibration:
+            return float(volume_ml)
+        return float(np.interp(volume_ml, self.calibration["asked_ml"], self.calibration["condition_ml"]))
 
     @property
     def trained_range_ml(self) -> tuple[float, float]:
@@ -142,13 +152,14 @@ class MaskGenerator(_LatentDiffusion):
         for j, asked in enumerate(volumes_ml):
             label, chosen = self.choose(latents[j * k:(j + 1) * k], asked)
             out.append((label, {"guidance": settings.guidance, "steps": settings.mask_steps, "candidates": k,
-                                **chosen}))
+                                "condition_ml": round(self.condition_ml(asked), 3), **chosen}))
         return out
 
     def sample_latents(self, volumes_ml: list[float], guidance: float, steps: int, noise: torch.Tensor,
                        progress: ProgressCallback | None = None) -> torch.Tensor:
         """Guided DDIM from `noise` (one latent per asked volume) to decodable latents."""
-        v = torch.tensor([self.normalise(float(x)) for x in volumes_ml], dtype=torch.float32, device=self.device)
+        v = torch.tensor([self.normalise(self.condition_ml(float(x))) for x in volumes_ml], dtype=torch.float32,
+                         device=self.device)
         context = torch.cat([condition(v), condition(v, keep=torch.zeros(len(v), device=self.device))])
 
         def conditioned_and_not(z, t):
@@ -159,17 +170,19 @@ class MaskGenerator(_LatentDiffusion):
     @torch.no_grad()
     def choose(self, latents: torch.Tensor, volume_ml: float) -> tuple[np.ndarray, dict]:
         """Decode K candidate latents (one brain each) and keep the best: a candidate with all main classes
-        beats any without, then the volume closest to `volume_ml` wins."""
-        best, volumes, complete = None, [], []
+        beats any without, one with its ventricles in one piece beats a scattered one (volumes.scattered), then
+        the volume closest to `volume_ml` wins."""
+        best, volumes, complete, whole = None, [], [], []
         for i in range(latents.shape[0]):  # one decoding at a time: the decoder's activations dominate memory
             label = one_brain(from_indices(self.autoencoder.decode(latents[i:i + 1]).argmax(dim=1)[0].cpu().numpy()))
             volumes.append(ventricle_volume_ml(label, self.affine))
             complete.append(bool(np.isin(MAIN_CLASSES, label).all()))
-            key = (not complete[-1], abs(volumes[-1] - volume_ml))
+            whole.append(not scattered(label))
+            key = (not complete[-1], not whole[-1], abs(volumes[-1] - volume_ml))
             if best is None or key < best[2]:
                 best = (i, label, key)
         return best[1], {"chosen": best[0], "candidates_ml": [round(x, 3) for x in volumes],
-                         "candidates_complete": complete}
+                         "candidates_complete": complete, "candidates_whole": whole}
 
 
 class ImageGenerator(_LatentDiffusion):

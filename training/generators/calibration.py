@@ -17,7 +17,7 @@ from training.cards import IMAGE_REALISM, VOLUME_CONTROL, calibration_sections, 
 from VentricleSynthLib.bundles.store import IMAGE, MASK, bundle_path
 from VentricleSynthLib.generation.generators import ImageGenerator, MaskGenerator
 from VentricleSynthLib.generation.pairs import generate_pair
-from VentricleSynthLib.generation.refinement import plausibility, refine
+from VentricleSynthLib.generation.refinement import refine
 from VentricleSynthLib.generation.sample_folder import write_preview
 from VentricleSynthLib.io.atomic import write_text
 from VentricleSynthLib.io.figures import png_figure
@@ -60,15 +60,57 @@ def sweep_volume(mask: MaskGenerator, asked: list[float], grid: list[tuple[float
                 rows.append({"guidance": w, "candidates": k, "asked_ml": v, "seed": s,
                              "got_ml": ventricle_volume_ml(label, mask.affine),
                              "candidates_ml": record["candidates_ml"],
+                             "candidates_eligible": [c and w for c, w in zip(record["candidates_complete"],
+                                                                            record["candidates_whole"])],
                              "seconds": time.perf_counter() - start, **anatomy_ok(label)})
                 refined, how = refine(label, mask.affine, v)
-                checks = plausibility(refined, mask.affine)
                 rows[-1].update(refined_ml=ventricle_volume_ml(refined, mask.affine),
-                                max_displacement_mm=how["max_displacement_mm"],
-                                refined_plausible=checks["main_classes_present"] and checks["brain_pieces"] == 1
-                                and checks["ventricle_pieces"] <= plausibility(label, mask.affine)["ventricle_pieces"])
+                                max_displacement_mm=how["max_displacement_mm"], refined_plausible=how["plausible"])
                 progress(f"PROGRESS stage=calibrate w={w} K={k} asked={v} seed={s} got={rows[-1]['got_ml']:.1f}")
     return rows
+
+
+def fit_volume_calibration(mask: MaskGenerator, guidance: float, steps: int, seeds: list[int], points: int = 12,
+                           progress=print) -> dict | None:
+    """The asked -> condition table that makes the model alone (K = 1) reach the asked volume on average.
+
+    `points` conditions across the trained range, each sampled with every seed (no calibration applied); the
+    median obtained volume per condition, made non-decreasing, is inverted. None when the obtained volumes do
+    not rise with the condition over at least a tenth of the trained range (nothing to invert)."""
+    lo, hi = mask.trained_range_ml
+    conditions = np.linspace(lo, hi, points)
+    saved, mask.calibration = mask.calibration, None
+    try:
+        medians = []
+        for c in conditions:
+            got = [ventricle_volume_ml(mask.sample(float(c), guidance=guidance, steps=steps, seed=s, candidates=1),
+                                       mask.affine) for s in seeds]
+            medians.append(float(np.median(got)))
+            progress(f"PROGRESS stage=calibrate fit condition={c:.1f} median_got={medians[-1]:.1f}")
+    finally:
+        mask.calibration = saved
+    rising = np.maximum.accumulate(medians)
+    keep = np.concatenate([[True], np.diff(rising) > 0])  # np.interp needs increasing points
+    if rising[-1] - rising[0] < 0.1 * (hi - lo) or keep.sum() < 2:
+        return None
+    return {"guidance": float(guidance), "steps": int(steps), "seeds": [int(s) for s in seeds],
+            "asked_ml": [round(float(v), 3) for v in rising[keep]],
+            "condition_ml": [round(float(c), 3) for c in conditions[keep]],
+            "measured_median_ml": [round(v, 3) for v in medians],
+            "measured_condition_ml": [round(float(c), 3) for c in conditions]}
+
+
+def store_volume_calibration(folder: Path, calibration: dict | None) -> None:
+    """The table into the mask bundle's config.json (None removes it), manifest updated."""
+    from VentricleSynthLib.bundles import format as bundles
+    from VentricleSynthLib.io.atomic import write_json
+
+    config = bundles.read_config(folder)
+    config.pop("volume_calibration", None)
+    if calibration is not None:
+        config["volume_calibration"] = calibration
+    write_json(folder / bundles.CONFIG, config)
+    bundles.write_manifest(folder)
 
 
 def _by_setting(rows: list[dict]) -> dict[str, list[dict]]:
@@ -127,12 +169,21 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
 
 
 def run(work: Path, models: Path | None = None, asked=(20, 40, 60, 80, 100, 120),
-        guidances=None, seeds=(0, 1, 2, 3, 4), image_samples: int = 20, command: str = "", progress=print) -> dict:
+        guidances=None, seeds=(0, 1, 2, 3, 4), image_samples: int = 20, command: str = "", progress=print,
+        fit_seeds=(100, 101, 102, 103, 104, 105), fit_points: int = 12) -> dict:
+    """Fit the mask bundle's volume calibration (on `fit_seeds`, none of the measuring `seeds`), then measure
+    volume control and image realism into the cards. `fit_seeds=()` keeps the bundle's calibration as it is."""
     models = Path(models) if models else work / "bundles"
     mask = MaskGenerator(bundle_path(MASK, models), "cpu")
     image = ImageGenerator(bundle_path(IMAGE, models), "cpu")
     defaults = mask.settings()
     default_w, default_k, steps = defaults.guidance, defaults.candidates, defaults.mask_steps
+    if fit_seeds:
+        if set(fit_seeds) & set(seeds):
+            raise ValueError("the volume calibration is fitted on other seeds than those that measure it")
+        calibration = fit_volume_calibration(mask, default_w, steps, list(fit_seeds), fit_points, progress)
+        store_volume_calibration(bundle_path(MASK, models), calibration)
+        mask = MaskGenerator(bundle_path(MASK, models), "cpu")
     # the model alone (K = 1) at each guidance, and the bundle's default sampling
     grid = sorted({(float(w), 1) for w in (guidances or [1.0, default_w])} | {(default_w, default_k)},
                   key=lambda wk: (wk[1], wk[0]))
@@ -153,6 +204,7 @@ def run(work: Path, models: Path | None = None, asked=(20, 40, 60, 80, 100, 120)
             write_preview(pair.image, pair.label, path, f"asked {v:.0f} mL, got {pair.record['got_ml']:.1f} mL")
             previews.append(path)
     result = {"volume_control": stats, "default": setting_name(default_w, default_k), "steps": steps, "rows": rows,
+              "volume_calibration": mask.calibration,
               "t1_contrast_fraction": float(np.mean(contrast)), "image_samples": image_samples,
               "pair_seconds_median": float(np.median(pair_seconds)), "command": command,
               "threads": torch.get_num_threads()}

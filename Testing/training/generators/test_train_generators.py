@@ -57,15 +57,20 @@ def test_calibrate_writes_curve_statistics_and_cards(trained, tmp_path):
     models = tmp_path / "models"
     sh.copytree(trained / "bundles", models)
     work = tmp_path / "work"
-    result = calibrate.run(work, models=models, asked=(30, 90),
-                           seeds=(0, 1), image_samples=2, command="pytest", progress=lambda *_: None)
+    result = calibrate.run(work, models=models, asked=(30, 90), seeds=(0, 1), image_samples=2, command="pytest",
+                           progress=lambda *_: None, fit_seeds=(100,), fit_points=4)
     assert (work / "calibration" / "volume_control.png").stat().st_size > 1000
     stats = result["volume_control"]
     assert result["default"] in stats and all(s["samples"] == 4 for s in stats.values())
     assert {s["candidates"] for s in stats.values()} >= {1}
     row = result["rows"][0]
-    assert row["got_ml"] == pytest.approx(min(row["candidates_ml"], key=lambda v: abs(v - row["asked_ml"])), abs=1e-3)
+    eligible = [v for v, ok in zip(row["candidates_ml"], row["candidates_eligible"]) if ok] or row["candidates_ml"]
+    assert row["got_ml"] == pytest.approx(min(eligible, key=lambda v: abs(v - row["asked_ml"])), abs=1e-3)
     card = (models / "mask_generator" / "card.md").read_text()
+    stored = bundles.read_config(models / "mask_generator").get("volume_calibration")
+    assert stored == result["volume_calibration"]  # fitted into the bundle (None: the tiny model's volumes are flat)
+    assert ("Volume calibration (asked → condition" in card) == (stored is not None)
+    bundles.verify(models / "mask_generator")  # the manifest follows the config
     assert "## Volume control (measured)" in card and "`pytest`" in card and "volume_control.png" in card
     assert "refined: Spearman" in card and all(
         0 <= s["max_displacement_mm_max"] <= MAX_DISPLACEMENT_MM for s in stats.values())
