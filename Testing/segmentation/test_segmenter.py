@@ -35,6 +35,7 @@ from VentricleSynthLib.segmentation.decision import (
 )
 from VentricleSynthLib.segmentation.files import segment_file
 from VentricleSynthLib.segmentation.input_checks import UnsuitableImageError, check_input
+from VentricleSynthLib.segmentation.partial_volume import BOUNDARIES
 from VentricleSynthLib.segmentation.predictor import Segmenter, get_segmenter
 from VentricleSynthLib.volumes import voxel_volume_ml
 
@@ -305,12 +306,30 @@ def test_bundled_segmenter_finds_the_templates_ventricles_on_a_1mm_grid_with_sku
     # left is left: the left lateral ventricle label lies at negative RAS x (the template is centred)
     ijk = np.argwhere(seg.array == 4)
     assert ijk.size and (seg.affine @ np.c_[ijk, np.ones(len(ijk))].T)[0].mean() < centre[0]
-    # the boundary convention is stated and the partial-volume (soft) volume reported beside the voxel count,
+    # the bundle's boundary rule is stated and the partial-volume (soft) volume reported beside the voxel count,
     # per label summing to the total, and the same whatever the storage order
     for result in results.values():
-        assert "at least half" in result["boundary"]
+        assert result["boundary"] == BOUNDARIES["network"]  # the bundled model keeps its own boundary
         soft = result["per_label_soft_ml"]
         assert set(soft) == set(result["per_label_ml"])
         assert sum(soft.values()) == pytest.approx(result["ventricle_soft_ml"], abs=0.01)
-        assert result["ventricle_soft_ml"] == pytest.approx(result["ventricle_ml"], rel=0.1)
+        assert 0.5 * result["ventricle_ml"] < result["ventricle_soft_ml"] < 1.1 * result["ventricle_ml"]
     assert results["lps"]["ventricle_soft_ml"] == pytest.approx(results["ras"]["ventricle_soft_ml"], rel=0.01)
+    # a bundle that declares the half-voxel convention gets its rim re-decided: the count moves towards the soft
+    # volume, the soft volume stays
+    half_bundle = tmp_path / "models" / "segmenter"
+    shutil.copytree(BUNDLED / "segmenter", half_bundle)
+    config = bundles.read_config(half_bundle)
+    config["decision"] = {**(config.get("decision") or {}), "boundary": "half"}
+    (half_bundle / "config.json").write_text(json.dumps(config))
+    bundles.write_manifest(half_bundle)
+    half = segment_file(tmp_path / "ras.nii.gz", tmp_path / "half_seg.nii.gz", device="cpu", models=half_bundle.parent)
+    assert half["boundary"] == BOUNDARIES["half"]
+    assert half["ventricle_soft_ml"] == pytest.approx(results["ras"]["ventricle_soft_ml"], rel=1e-3)
+    assert abs(half["ventricle_ml"] - half["ventricle_soft_ml"]) < abs(results["ras"]["ventricle_ml"]
+                                                                       - results["ras"]["ventricle_soft_ml"])
+    config["decision"]["boundary"] = "inside"
+    (half_bundle / "config.json").write_text(json.dumps(config))
+    bundles.write_manifest(half_bundle)
+    with pytest.raises(bundles.BundleError, match="boundary"):
+        Segmenter(half_bundle, device="cpu")

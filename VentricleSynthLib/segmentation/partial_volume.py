@@ -30,6 +30,13 @@ from scipy import ndimage
 from VentricleSynthLib.imaging.geometry import Grid, canonical_grid
 from VentricleSynthLib.volumes import voxel_volume_ml
 
+# what `segment` reports as its boundary rule, by the bundle's decision.boundary
+BOUNDARIES = {
+    "half": "a voxel counts when at least half of it is ventricle (its fraction read from the image at the "
+            "network's boundary); soft volumes sum the fractions",
+    "network": "a voxel counts when the network labels it (its boundary follows its training labels); soft "
+               "volumes sum each boundary voxel's ventricle fraction read from the image",
+}
 RIM_VOXELS = 1  # the rim re-decided around the network's boundary, in voxels each way
 SHELL_VOXELS = (2, 3)  # the tissue reference: voxels this far outside the network's boundary
 TISSUE_SIGMA_MM = 1.5  # noise averaging of the tissue reference (each rim voxel reads the tissue nearest it)
@@ -143,17 +150,18 @@ def soft_volumes_ml(label: np.ndarray, pv: PartialVolume, affine: np.ndarray,
     return float(pv.fraction.sum()) * voxel, per
 
 
-def apply(image: np.ndarray, label: np.ndarray, affine: np.ndarray, labels: tuple[int, ...]
+def apply(image: np.ndarray, label: np.ndarray, affine: np.ndarray, labels: tuple[int, ...], half: bool = True
           ) -> tuple[np.ndarray, PartialVolume, float | None, dict[int, float] | None]:
-    """The network's `label` map re-decided at its rim by the convention (`half_rule`), the estimate, and the
-    soft volumes (`soft_volumes_ml`). Computed on the RAS-canonical storage of the grid (axes permuted and
+    """The network's `label` map re-decided at its rim by the convention (`half_rule`; `half=False` keeps the
+    network's boundary), the estimate, and the soft volumes (`soft_volumes_ml`). Computed on the RAS-canonical storage of the grid (axes permuted and
     flipped, no interpolation), so that ties (equidistant labels) fall the same way however the input is stored."""
     canonical, back = canonical_grid(Grid(tuple(label.shape), np.asarray(affine, float)))
     if back is not None:
         forward = io_orientation(affine)
         image, label = apply_orientation(image, forward), apply_orientation(label, forward)
     pv = estimate(image, label > 0, canonical.affine)
-    label = half_rule(label, pv)
+    if half:
+        label = half_rule(label, pv)
     soft, per_label = soft_volumes_ml(label, pv, canonical.affine, labels)
     if back is not None:
         label = np.ascontiguousarray(apply_orientation(label, back))

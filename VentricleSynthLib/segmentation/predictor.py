@@ -37,6 +37,7 @@ from VentricleSynthLib.io.nifti import Volume
 from VentricleSynthLib.labels import VENTRICLE_LABELS, label_name
 from VentricleSynthLib.progress import ProgressCallback
 from VentricleSynthLib.segmentation import partial_volume
+from VentricleSynthLib.segmentation.partial_volume import BOUNDARIES
 from VentricleSynthLib.segmentation.decision import (
     MIN_THRESHOLD,
     from_segmenter_indices,
@@ -83,6 +84,13 @@ class Segmenter:
         if not MIN_THRESHOLD < self.threshold < 1.0:
             raise bundles.BundleError(f"model bundle {self.folder}: decision.union_threshold must lie in "
                                       f"({MIN_THRESHOLD:g}, 1)")
+        # which voxels count: "network" keeps the network's boundary (a model trained on labels drawn by another
+        # rule, e.g. the template cohort's generous atlas labels, is measured against them); "half" re-decides the
+        # rim by the half-voxel convention (segmentation/partial_volume.py). Soft volumes are reported either way.
+        self.boundary = (self.config.get("decision") or {}).get("boundary", "network")
+        if self.boundary not in BOUNDARIES:
+            raise bundles.BundleError(f"model bundle {self.folder}: decision.boundary must be one of "
+                                      f"{', '.join(BOUNDARIES)}")
         self._lock = threading.Lock()
         with _quiet():
             self.predictor = self._build(checkpoint_name)
@@ -182,9 +190,9 @@ class Segmenter:
         report(2)
         label_profile = labels_from_outputs(probabilities, self.union_head, self.label_table, self.threshold)
         label = self.to_input(probabilities, pre.grid, pre.source)
-        # the boundary convention (a voxel counts when at least half of it is ventricle) and the soft volumes
+        # the boundary (the bundle's: the network's, or the half-voxel convention) and the soft volumes
         label, pv, soft, soft_per_label = partial_volume.apply(volume.array, label, volume.affine,
-                                                               VENTRICLE_LABELS)
+                                                               VENTRICLE_LABELS, half=self.boundary == "half")
         report(3)
         per_label = label_volumes_ml(label, volume.affine)
         total = float(np.count_nonzero(label)) * voxel_volume_ml(volume.affine)
@@ -197,8 +205,7 @@ class Segmenter:
             "ventricle_soft_ml": None if soft is None else round(soft, 3),
             "per_label_soft_ml": None if soft_per_label is None
             else {label_name(k): round(v, 3) for k, v in soft_per_label.items()},
-            "boundary": "a voxel counts when at least half of it is ventricle (its fraction read from the image "
-                        "at the network's boundary); soft volumes sum the fractions",
+            "boundary": BOUNDARIES[self.boundary],
             "seconds": round(time.perf_counter() - start, 3),
             "warnings": warnings,
             "device": str(self.device),
