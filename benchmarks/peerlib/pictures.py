@@ -67,7 +67,7 @@ def save_picture(image: np.ndarray, affine: np.ndarray, maps: dict[str, np.ndarr
             ax.set_yticks([])
     fig.suptitle(f"{title} (image left = head's left; slices through the tools' common ventricle centre)",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
