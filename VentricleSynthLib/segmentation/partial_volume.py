@@ -153,8 +153,9 @@ def soft_volumes_ml(label: np.ndarray, pv: PartialVolume, affine: np.ndarray,
 def apply(image: np.ndarray, label: np.ndarray, affine: np.ndarray, labels: tuple[int, ...], half: bool = True
           ) -> tuple[np.ndarray, PartialVolume, float | None, dict[int, float] | None]:
     """The network's `label` map re-decided at its rim by the convention (`half_rule`; `half=False` keeps the
-    network's boundary), the estimate, and the soft volumes (`soft_volumes_ml`). Computed on the RAS-canonical storage of the grid (axes permuted and
-    flipped, no interpolation), so that ties (equidistant labels) fall the same way however the input is stored."""
+    network's boundary), the estimate, and the soft volumes (`soft_volumes_ml`). Computed on the RAS-canonical
+    storage of the grid (axes permuted and flipped, no interpolation), so that ties (equidistant labels) fall the
+    same way however the input is stored."""
     canonical, back = canonical_grid(Grid(tuple(label.shape), np.asarray(affine, float)))
     if back is not None:
         forward = io_orientation(affine)

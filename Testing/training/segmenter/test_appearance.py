@@ -45,7 +45,8 @@ def test_training_labels_keep_every_structure_after_the_ventricles():
 
 
 def _call(transform, labels, image):
-    return transform(image=torch.from_numpy(image[None].copy()), segmentation=torch.from_numpy(labels[None].astype(np.int16)))
+    return transform(image=torch.from_numpy(image[None].copy()),
+                     segmentation=torch.from_numpy(labels[None].astype(np.int16)))
 
 
 def test_painted_images_are_normalised_random_contrasts_with_csf_like_ventricles():
