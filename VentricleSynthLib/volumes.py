@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 from VentricleSynthLib.labels import VENTRICLE_LABELS, label_name
-from VentricleSynthLib.morphology import connected_components, piece_sizes
 
 # A label map whose largest 26-connected ventricle piece holds less than this share of the ventricular volume has
 # scattered ventricles (the template cohort's maps: at least 0.84 in 240 checked; a sampled 20 mL map with 42
@@ -33,6 +32,8 @@ def ventricle_volume_ml(label_map: np.ndarray, affine: np.ndarray) -> float:
 
 def ventricle_pieces(label_map: np.ndarray) -> tuple[int, float]:
     """(number of 26-connected pieces of the ventricles, fraction of their volume in the largest)."""
+    from VentricleSynthLib.morphology import connected_components, piece_sizes  # scipy: not in Slicer's Python
+
     pieces, n = connected_components(np.isin(label_map, VENTRICLE_LABELS), full_connectivity=True)
     if n == 0:
         return 0, 0.0
