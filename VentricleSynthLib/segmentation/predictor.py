@@ -37,7 +37,6 @@ from VentricleSynthLib.io.nifti import Volume
 from VentricleSynthLib.labels import VENTRICLE_LABELS, label_name
 from VentricleSynthLib.progress import ProgressCallback
 from VentricleSynthLib.segmentation import partial_volume
-from VentricleSynthLib.segmentation.partial_volume import BOUNDARIES
 from VentricleSynthLib.segmentation.decision import (
     MIN_THRESHOLD,
     from_segmenter_indices,
@@ -88,9 +87,9 @@ class Segmenter:
         # rule, e.g. the template cohort's generous atlas labels, is measured against them); "half" re-decides the
         # rim by the half-voxel convention (segmentation/partial_volume.py). Soft volumes are reported either way.
         self.boundary = (self.config.get("decision") or {}).get("boundary", "network")
-        if self.boundary not in BOUNDARIES:
+        if self.boundary not in partial_volume.BOUNDARIES:
             raise bundles.BundleError(f"model bundle {self.folder}: decision.boundary must be one of "
-                                      f"{', '.join(BOUNDARIES)}")
+                                      f"{', '.join(partial_volume.BOUNDARIES)}")
         self._lock = threading.Lock()
         with _quiet():
             self.predictor = self._build(checkpoint_name)
@@ -205,7 +204,7 @@ class Segmenter:
             "ventricle_soft_ml": None if soft is None else round(soft, 3),
             "per_label_soft_ml": None if soft_per_label is None
             else {label_name(k): round(v, 3) for k, v in soft_per_label.items()},
-            "boundary": BOUNDARIES[self.boundary],
+            "boundary": partial_volume.BOUNDARIES[self.boundary],
             "seconds": round(time.perf_counter() - start, 3),
             "warnings": warnings,
             "device": str(self.device),

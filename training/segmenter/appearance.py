@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from VentricleSynthLib.imaging.profile import Profile
 from VentricleSynthLib.labels import CSF_LABEL, LABELS, label_name
 from VentricleSynthLib.segmentation.decision import SEGMENTER_LABELS
 
@@ -54,7 +55,8 @@ HEAD_LAYERS = 2  # the non-brain head (scalp, skull, eyes...) painted as two int
 class RandomAppearance:
     """A batchgeneratorsv2 transform (called with image= (C, X, Y, Z) float, segmentation= (1, X, Y, Z) int16)."""
 
-    def __init__(self, probability: float, percentiles: tuple[float, float] = (0.5, 99.5), seed: int | None = None):
+    def __init__(self, probability: float, percentiles: tuple[float, float] = Profile.percentiles,
+                 seed: int | None = None):
         self.probability = float(probability)
         self.percentiles = tuple(float(p) for p in percentiles)
         self.seed = seed

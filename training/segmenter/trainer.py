@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from VentricleSynthLib.errors import ConfigError
+from VentricleSynthLib.imaging.profile import Profile
 from VentricleSynthLib.io.atomic import write_text
 
 from training.loop import TrainingError
@@ -28,7 +29,7 @@ def is_default_schedule(schedule: dict) -> bool:
     return all(int(schedule[k]) == v for k, v in NNUNET_DEFAULT_SCHEDULE.items()) and "initial_lr" not in schedule
 
 
-def trainer_class(schedule: dict, appearance: float | None = None, percentiles: tuple = (0.5, 99.5)):
+def trainer_class(schedule: dict, appearance: float | None = None, percentiles: tuple = Profile.percentiles):
     """nnU-Net's trainer for this schedule: `nnUNetTrainerNoMirroring` for the defaults, else a subclass of it;
     with `appearance` (a probability) a further subclass paints random-contrast images first in its training
     pipeline (training/segmenter/appearance.py; `percentiles`: the profile's, for the painted images).
@@ -140,7 +141,7 @@ def _load_initial_weights(trainer, initial_weights: str, progress=print) -> None
     progress(f"segmenter: network initialised from {checkpoint}")
 
 
-def train(dataset_id: int, settings: SegmenterConfig, profile=None, resume: bool = False,
+def train(dataset_id: int, settings: SegmenterConfig, profile: Profile, resume: bool = False,
           progress=print) -> tuple[Path, float]:
     """Train (or continue) fold `settings.fold`; returns the trainer's output folder base and training seconds.
     `profile` gives the random appearance its intensity percentiles."""
@@ -150,8 +151,7 @@ def train(dataset_id: int, settings: SegmenterConfig, profile=None, resume: bool
 
     name = convert_id_to_dataset_name(dataset_id)
     pre = Path(os.environ["nnUNet_preprocessed"]) / name
-    percentiles = tuple(profile.percentiles) if profile is not None else (0.5, 99.5)
-    cls = trainer_class(settings.trainer, settings.appearance, percentiles)
+    cls = trainer_class(settings.trainer, settings.appearance, tuple(profile.percentiles))
     fold = settings.fold
     base = Path(os.environ["nnUNet_results"]) / name / f"{cls.__name__}__{PLANS}__{CONFIGURATION}"
     fold_dir = base / f"fold_{fold}"
