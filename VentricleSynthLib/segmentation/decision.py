@@ -22,14 +22,15 @@ UNION_REGION = "Ventricular-System"
 MIN_THRESHOLD = 0.02
 
 
-def to_segmenter_indices(label_map: np.ndarray) -> np.ndarray:
-    """FreeSurfer numbers -> 0..6 (the six ventricle labels; every other label becomes background 0)."""
-    lut = np.zeros(max(max(SEGMENTER_LABELS), int(np.max(label_map, initial=0))) + 1, dtype=np.uint8)
-    for i, lab in enumerate(SEGMENTER_LABELS):
-        lut[lab] = i
+def to_segmenter_indices(label_map: np.ndarray, labels: tuple[int, ...] = SEGMENTER_LABELS) -> np.ndarray:
+    """FreeSurfer numbers -> positions in `labels` (by default 0..6, the six ventricle labels); every label not in
+    `labels` becomes background 0."""
     arr = np.asarray(label_map, dtype=np.int64)
     if arr.size and arr.min() < 0:
         raise InvalidImageError("label map has negative values")
+    lut = np.zeros(max(max(labels), int(arr.max(initial=0))) + 1, dtype=np.uint8)
+    for i, lab in enumerate(labels):
+        lut[lab] = i
     return lut[arr]
 
 

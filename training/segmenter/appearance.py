@@ -16,7 +16,7 @@ import numpy as np
 
 from VentricleSynthLib.imaging.profile import Profile
 from VentricleSynthLib.labels import CSF_LABEL, LABELS, label_name
-from VentricleSynthLib.segmentation.decision import SEGMENTER_LABELS
+from VentricleSynthLib.segmentation.decision import SEGMENTER_LABELS, to_segmenter_indices
 
 # training label index -> FreeSurfer label: 0..6 as the segmenter predicts them, then every other structure
 TRAINING_LABELS: tuple[int, ...] = SEGMENTER_LABELS + tuple(lab for lab in LABELS if lab not in SEGMENTER_LABELS)
@@ -25,11 +25,7 @@ FIRST_TISSUE = len(SEGMENTER_LABELS)  # indices from here on are not ventricles:
 
 def training_labels(label_map: np.ndarray) -> np.ndarray:
     """FreeSurfer numbers -> training indices (TRAINING_LABELS; unknown labels become background 0)."""
-    arr = np.asarray(label_map, dtype=np.int64)
-    lut = np.zeros(max(max(TRAINING_LABELS), int(arr.max(initial=0))) + 1, dtype=np.uint8)
-    for i, lab in enumerate(TRAINING_LABELS):
-        lut[lab] = i
-    return lut[np.clip(arr, 0, None)]
+    return to_segmenter_indices(label_map, TRAINING_LABELS)
 
 
 def _intensity_groups() -> np.ndarray:
