@@ -60,13 +60,13 @@ class RandomAppearance:
 
     @property
     def rng(self) -> np.random.Generator:
-        """Seeded once per process: nnU-Net's augmentation workers each get a copy of the transform."""
+        """Seeded once per process from (seed, process id): nnU-Net's augmentation workers each get a copy of the
+        transform, and each must draw its own stream."""
         import os
 
         if self._rng is None or self._pid != os.getpid():
-            self._rng, self._pid = np.random.default_rng(self.seed), os.getpid()
-            if self.seed is not None:
-                self.seed += 1
+            self._pid = os.getpid()
+            self._rng = np.random.default_rng(None if self.seed is None else (self.seed, self._pid))
         return self._rng
 
     def __call__(self, **data_dict) -> dict:

@@ -78,12 +78,19 @@ def test_probability_zero_keeps_the_real_image_and_still_clears_the_tissue_label
 
 
 def test_each_process_draws_its_own_appearances():
-    """nnU-Net's augmentation workers get pickled copies: a copy re-seeds when it finds itself in a new process."""
+    """nnU-Net's augmentation workers get copies: a copy re-seeds when it finds itself in a new process."""
+    import multiprocessing
+
     transform = RandomAppearance(1.0, seed=5)
     first = transform.rng.random()
-    copy = pickle.loads(pickle.dumps(transform))
-    copy._pid = -1  # as in another process
-    assert copy.rng.random() != first
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        drawn = pool.map(_first_draw, [pickle.dumps(transform)] * 2, chunksize=1)
+    assert first not in drawn
+    assert pickle.loads(pickle.dumps(transform)).rng.random() != first  # same process: the stream goes on
+
+
+def _first_draw(pickled: bytes) -> float:
+    return pickle.loads(pickled).rng.random()
 
 
 def test_trainer_with_appearance_paints_first():
