@@ -34,7 +34,7 @@ from VentricleSynthLib.segmentation.decision import (
     to_segmenter_indices,
 )
 from VentricleSynthLib.segmentation.files import segment_file
-from VentricleSynthLib.segmentation.input_checks import UnsuitableImageError, check_input
+from VentricleSynthLib.segmentation.input_checks import UnsuitableImageError, check_input, output_checks
 from VentricleSynthLib.segmentation.partial_volume import BOUNDARIES
 from VentricleSynthLib.segmentation.predictor import Segmenter, get_segmenter
 from VentricleSynthLib.volumes import voxel_volume_ml
@@ -107,6 +107,22 @@ def test_check_input_refuses_ct_label_maps_thick_slices_and_slabs():
     slab = Volume(_head((100, 100, 20)).array, np.diag([1.0, 1.0, 2.0, 1.0]))  # 40 mm thick slab
     with pytest.raises(UnsuitableImageError, match="40 mm"):
         check_input(slab)
+
+
+def test_bright_ventricles_warn_only_for_a_t1_only_bundle():
+    """A T2-like result (ventricles brighter than the brain) is outside a T1-only bundle's training, not outside
+    one trained with the random appearance."""
+    image = np.full((20, 20, 20), 0.4, np.float32)
+    vent = np.zeros(image.shape, np.int64)
+    vent[8:12, 8:12, 8:12] = 1
+    image[vent > 0] = 0.9
+    fg = np.ones(image.shape, bool)
+    t1_only = output_checks(image, vent, fg, 30.0, t1_only=True)
+    assert any("T1-weighted" in w and "brighter" in w for w in t1_only)
+    assert output_checks(image, vent, fg, 30.0, t1_only=False) == []
+    image[vent > 0] = 0.1  # T1-like: no warning either way
+    assert output_checks(image, vent, fg, 30.0, t1_only=True) == []
+    assert "T1" not in output_checks(image, np.zeros_like(vent), fg, 0.0, t1_only=False)[0]
 
 
 def test_bad_inputs_fail_before_any_model_is_needed(tmp_path):
@@ -333,3 +349,10 @@ def test_bundled_segmenter_finds_the_templates_ventricles_on_a_1mm_grid_with_sku
     bundles.write_manifest(half_bundle)
     with pytest.raises(bundles.BundleError, match="boundary"):
         Segmenter(half_bundle, device="cpu")
+    # the contrast warnings follow the bundle's training: T1 only unless it was trained with the random appearance
+    assert Segmenter(BUNDLED / "segmenter", device="cpu").t1_only == (not config["training"].get("appearance"))
+    config["decision"]["boundary"] = "network"
+    config["training"]["appearance"] = 0.6
+    (half_bundle / "config.json").write_text(json.dumps(config))
+    bundles.write_manifest(half_bundle)
+    assert not Segmenter(half_bundle, device="cpu").t1_only

@@ -32,13 +32,13 @@ def check_input(volume: Volume, allow_thick_slices: bool = False) -> list[str]:
     if float(arr.min()) <= -500 and (low <= -500 or float(np.mean(sample <= -500)) >= 0.02):
         raise UnsuitableImageError(
             f"intensities look like CT Hounsfield units (minimum {float(arr.min()):.0f}, 1st percentile {low:.0f}); "
-            f"the segmenter needs a T1-weighted MRI")
+            f"the segmenter measures MRI")
     if has_integer_values(sample):
         values = np.unique(sample)
         if values.size <= 40:
             raise UnsuitableImageError(
                 f"image holds only {values.size} distinct integer values ({', '.join(str(int(v)) for v in values[:8])}"
-                f"{' ...' if values.size > 8 else ''}): it looks like a label map or mask, not a T1-weighted MRI")
+                f"{' ...' if values.size > 8 else ''}): it looks like a label map or mask, not an MRI")
     spacing = volume.spacing
     thickest = float(spacing.max())
     if thickest >= THICK_SLICE_MM:
@@ -59,14 +59,17 @@ def check_input(volume: Volume, allow_thick_slices: bool = False) -> list[str]:
     return warnings
 
 
-def output_checks(image: np.ndarray, label_profile: np.ndarray, fg_mask: np.ndarray, total_ml: float) -> list[str]:
+def output_checks(image: np.ndarray, label_profile: np.ndarray, fg_mask: np.ndarray, total_ml: float,
+                  t1_only: bool = True) -> list[str]:
+    """Warnings about a result. `t1_only`: the bundle was trained on T1 images alone (no random appearance), so
+    an image whose ventricles are brighter than the brain around them is outside what it was trained on."""
     warnings = []
     vent = label_profile > 0
     if not vent.any():
-        warnings.append("no ventricles found: is this a T1-weighted brain MRI?")
+        warnings.append(f"no ventricles found: is this a {'T1-weighted ' if t1_only else ''}brain MRI?")
         return warnings
     brain = fg_mask & ~vent
-    if brain.any() and float(image[vent].mean()) > float(np.median(image[brain])):
+    if t1_only and brain.any() and float(image[vent].mean()) > float(np.median(image[brain])):
         warnings.append("the segmented ventricles are brighter than the surrounding tissue: the image does not look "
                         "T1-weighted (T2/FLAIR/CT?); the volume is unreliable")
     border = np.zeros_like(vent)

@@ -87,6 +87,8 @@ class Segmenter:
         # rule, e.g. the template cohort's generous atlas labels, is measured against them); "half" re-decides the
         # rim by the half-voxel convention (segmentation/partial_volume.py). Soft volumes are reported either way.
         self.boundary = (self.config.get("decision") or {}).get("boundary", "network")
+        # trained with the random appearance (training/segmenter/appearance.py): any MRI contrast, else T1 only
+        self.t1_only = not (self.config.get("training") or {}).get("appearance")
         if self.boundary not in partial_volume.BOUNDARIES:
             raise bundles.BundleError(f"model bundle {self.folder}: decision.boundary must be one of "
                                       f"{', '.join(partial_volume.BOUNDARIES)}")
@@ -195,7 +197,7 @@ class Segmenter:
         report(3)
         per_label = label_volumes_ml(label, volume.affine)
         total = float(np.count_nonzero(label)) * voxel_volume_ml(volume.affine)
-        warnings += output_checks(pre.image, label_profile, pre.image > 0.05, total)
+        warnings += output_checks(pre.image, label_profile, pre.image > 0.05, total, self.t1_only)
         if not pv.usable and total > 0:
             warnings.append(f"no partial-volume estimate ({pv.note}): the network's boundary is kept")
         result = {
