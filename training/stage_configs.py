@@ -314,6 +314,15 @@ class ExperimentConfig:
     segmenter: dict = field(default_factory=dict)  # overrides of the `segmenter` section for the arms
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
 
+    # The arms compare training data: each starts from scratch on its T1 images, whatever the bundled segmenter's
+    # own section says (fine-tuning, random appearance); `segmenter` overrides may still set them.
+    ARM_BASE = {"initial_weights": None, "appearance": None}
+
+    def arm_segmenter(self, config: Config, arm: str) -> SegmenterConfig:
+        """The segmenter settings of one arm: the `segmenter` section, ARM_BASE, this section's overrides."""
+        return SegmenterConfig.from_config(config, {**self.ARM_BASE, **self.segmenter,
+                                                    "dataset_id": int(self.dataset_ids[arm])})
+
     @classmethod
     def from_config(cls, config: Config) -> "ExperimentConfig":
         where = config.path

@@ -71,6 +71,16 @@ def test_overrides_merge_into_the_segmenter_section():
         == "NibabelIO"
 
 
+def test_experiment_arms_train_from_scratch_on_t1_whatever_the_bundled_segmenter_did():
+    config = _config(segmenter={"appearance": 0.6, "initial_weights": "bundled", "trainer": {"epochs": 12}},
+                     experiment={"segmenter": {"trainer": {"epochs": 2}}})
+    assert SegmenterConfig.from_config(config).initial_weights == "bundled"
+    arm = ExperimentConfig.from_config(config).arm_segmenter(config, "synthetic")
+    assert (arm.initial_weights, arm.appearance, arm.trainer["epochs"], arm.dataset_id) == (None, None, 2, 513)
+    opted_in = _config(segmenter={"appearance": 0.6}, experiment={"segmenter": {"appearance": 0.3}})
+    assert ExperimentConfig.from_config(opted_in).arm_segmenter(opted_in, "real").appearance == 0.3
+
+
 def test_synthesize_config_values_are_type_checked():
     assert SynthesizeConfig.from_config(_config(synthesize={"count": 4}), {"qc_min_dice": 0.5}).qc_min_dice == 0.5
     for key, value, message in [("count", "12", "synthesize.count must be an integer >= 1"),

@@ -39,7 +39,7 @@ from training.experiment.synthetic import generate_synthetic, synthetic_pairs
 from training.generators.export import find_generators
 from training.segmenter.pipeline import build
 from training.segmenter.raw_export import Case, dataset_cases
-from training.stage_configs import TEMPLATE_DATASETS, ExperimentConfig, SegmenterConfig
+from training.stage_configs import TEMPLATE_DATASETS, ExperimentConfig
 
 ARM_TITLES = {"real": "Real", "augmented": "Augmented", "synthetic": "Synthetic",
               "atlas": "Atlas registration (SynthSeg stand-in)"}
@@ -129,7 +129,7 @@ def run(config: Config, experiment: ExperimentConfig, work: Path, resume: bool =
     for arm in exp.arms:
         if arm in notes:
             continue
-        settings = SegmenterConfig.from_config(config, {**exp.segmenter, "dataset_id": int(exp.dataset_ids[arm])})
+        settings = exp.arm_segmenter(config, arm)
         t0 = time.time()
         summary = build(config, settings, work, arm_cases[arm], f"Ventricles{arm.capitalize()}",
                         root / "bundles" / arm, resume=resume, progress=progress)
