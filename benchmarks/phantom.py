@@ -51,6 +51,18 @@ def render(label: np.ndarray, contrast: str) -> np.ndarray:
     return lut[label]
 
 
+def with_bias_field(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`image` times a smooth multiplicative bias field (a 4x4x4 log-normal grid, cubic-interpolated)."""
+    coarse = rng.normal(0.0, 0.12, (4, 4, 4))
+    bias = np.exp(ndimage.zoom(coarse, [n / 4 for n in image.shape], order=3, mode="nearest"))
+    return image * bias[: image.shape[0], : image.shape[1], : image.shape[2]]
+
+
+def with_rician_noise(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """The magnitude of `image` plus complex Gaussian noise of standard deviation `sigma` (Rician)."""
+    return np.sqrt((image + rng.normal(0, sigma, image.shape)) ** 2 + rng.normal(0, sigma, image.shape) ** 2)
+
+
 def phantom_cohort():
     """The template cohort on a 1 mm grid around the committed template's brain (the phantoms' imaged grid)."""
     from VentricleSynthLib.imaging.geometry import world_bbox
@@ -98,19 +110,11 @@ def make_phantom(cohort, target_ml: float, contrast: str, rng: np.random.Generat
     fraction = blocks(ventricles.astype(np.float32)).mean(axis=0)
     half = np.where(fraction >= 0.5, blocks(np.where(ventricles, label, 0)).max(axis=0), 0).astype(np.int16)
     del label, ventricles
-    coarse = rng.normal(0.0, 0.12, (4, 4, 4))
-    bias = np.exp(ndimage.zoom(coarse, [n / 4 for n in image.shape], order=3, mode="nearest"))
-    image = image * bias[: image.shape[0], : image.shape[1], : image.shape[2]]
-    sigma = 0.02 * image.max()
-    image = np.sqrt((image + rng.normal(0, sigma, image.shape)) ** 2 + rng.normal(0, sigma, image.shape) ** 2)
+    image = with_bias_field(image, rng)
+    image = with_rician_noise(image, 0.02 * image.max(), rng)
     return {"image": image.astype(np.float32), "affine": cohort.grid.affine.copy(), "true_ml": true_ml,
             "true_half_ml": float((fraction >= 0.5).sum()) * IMAGED_MM ** 3 / 1000, "half": half, "fraction": fraction,
             "strength_mm": strength}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
 def main() -> None:
@@ -127,6 +131,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from VentricleSynthLib.io.nifti import Volume, save_volume
+    from VentricleSynthLib.metrics import dice
     from VentricleSynthLib.segmentation.predictor import get_segmenter
 
     segmenter = get_segmenter(args.models, "cpu")
@@ -146,7 +151,7 @@ def main() -> None:
             soft_err = "" if soft is None else f"{(soft - ph['true_ml']) / ph['true_ml'] * 100:+.2f}"
             print(f"| {contrast} | {target:g} | {ph['true_ml']:.2f} | {ph['true_half_ml']:.2f} | {got:.2f} | "
                   f"{err:+.2f} | {soft if soft is not None else 'n/a'} | {soft_err} | "
-                  f"{dice(label.array, ph['half']):.3f} | {seconds:.1f} |", flush=True)
+                  f"{dice(label.array > 0, ph['half'] > 0):.3f} | {seconds:.1f} |", flush=True)
             if args.save:
                 args.save.mkdir(parents=True, exist_ok=True)
                 save_volume(Volume(ph["image"], ph["affine"]), args.save / f"{contrast}_{target:g}_image.nii.gz")

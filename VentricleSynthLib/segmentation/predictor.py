@@ -87,11 +87,11 @@ class Segmenter:
         # rule, e.g. the template cohort's generous atlas labels, is measured against them); "half" re-decides the
         # rim by the half-voxel convention (segmentation/partial_volume.py). Soft volumes are reported either way.
         self.boundary = (self.config.get("decision") or {}).get("boundary", "network")
-        # trained with the random appearance (training/segmenter/appearance.py): any MRI contrast, else T1 only
-        self.t1_only = not (self.config.get("training") or {}).get("appearance")
         if self.boundary not in partial_volume.BOUNDARIES:
             raise bundles.BundleError(f"model bundle {self.folder}: decision.boundary must be one of "
                                       f"{', '.join(partial_volume.BOUNDARIES)}")
+        # trained with the random appearance (training/segmenter/appearance.py): any MRI contrast, else T1 only
+        self.t1_only = not (self.config.get("training") or {}).get("appearance")
         self._lock = threading.Lock()
         with _quiet():
             self.predictor = self._build(checkpoint_name)
