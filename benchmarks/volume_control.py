@@ -6,6 +6,7 @@ defaults), and (d) the model alone refined (what candidates=1 with refinement wo
 needs the label maps only; the image stage's time is measured by benchmarks/generate_pair.py.
 
     python benchmarks/volume_control.py [--seeds 6] [--volumes 10] [--candidates K] [--guidance W] [--out F.jsonl]
+        [--keep-noise-mean]   # the starting noise as drawn (its per-channel mean not removed): the cause of issue 17
     python benchmarks/volume_control.py --summarise results.jsonl   # the table from (partial) results
 
 Each sample's line is appended to --out as it is done, so an interrupted run still summarises.
@@ -36,6 +37,7 @@ def run(args) -> None:
     from VentricleSynthLib.generation.generators import MaskGenerator, one_brain
     from VentricleSynthLib.generation.refinement import plausibility, refine
     from VentricleSynthLib.generation.sampler import initial_noise
+    from VentricleSynthLib.volumes import voxel_volume_ml
     from VentricleSynthLib.labels import from_indices
     from VentricleSynthLib.volumes import ventricle_volume_ml
 
@@ -48,16 +50,19 @@ def run(args) -> None:
             for asked in volumes:
                 t0 = time.perf_counter()
                 with torch.no_grad():
-                    latents = mask.sample_latents([float(asked)] * k, settings.guidance, settings.mask_steps,
-                                                  initial_noise(mask.latent_shape, [seed], k))
+                    noise = initial_noise(mask.latent_shape, [seed], k) if args.keep_noise_mean \
+                        else mask.starting_noise([seed], k)
+                    latents = mask.sample_latents([float(asked)] * k, settings.guidance, settings.mask_steps, noise)
                     label, sampled = mask.choose(latents, float(asked))  # what sample_many keeps
                     first = one_brain(from_indices(mask.autoencoder.decode(latents[:1]).argmax(dim=1)[0].numpy()))
                 sample_s = time.perf_counter() - t0
                 row = {"asked_ml": float(asked), "seed": seed, "candidates": k, "guidance": settings.guidance,
-                       "sample_s": sample_s, "candidates_ml": sampled["candidates_ml"], "chosen": sampled["chosen"]}
+                       "sample_s": sample_s, "candidates_ml": sampled["candidates_ml"], "chosen": sampled["chosen"],
+                       "keep_noise_mean": args.keep_noise_mean}
                 for name, source in (("best", label), ("first", first)):
                     row[f"{name}_raw_ml"] = ventricle_volume_ml(source, mask.affine)
                     row[f"{name}_raw_checks"] = plausibility(source, mask.affine)
+                    row[f"{name}_brain_ml"] = float(np.count_nonzero(source) * voxel_volume_ml(mask.affine))
                     t1 = time.perf_counter()
                     refined, record = refine(source, mask.affine, float(asked))
                     row[f"{name}_refine_s"] = time.perf_counter() - t1
@@ -99,6 +104,10 @@ def summarise(path) -> None:
         print(f"| {which} | {np.median(mx):.2f} / {np.percentile(mx, 95):.2f} / {mx.max():.2f} | "
               f"{np.median(mean):.3f} | {sum(1 for x in recs if x['warnings'])} | {lost} | {split} | {frag} | "
               f"{np.median([r[f'{which}_refine_s'] for r in rows]):.2f} |")
+    brains = np.array([r["first_brain_ml"] for r in rows if "first_brain_ml" in r])
+    if brains.size:
+        print(f"\nbrain volume of the model-alone maps (mL): median {np.median(brains):.0f}, range "
+              f"{brains.min():.0f}-{brains.max():.0f}")
     print(f"\nmask sampling (K={rows[0]['candidates']}) s per sample, 1 thread: median "
           f"{np.median([r['sample_s'] for r in rows]):.1f}")
 
@@ -111,6 +120,8 @@ def main() -> None:
     p.add_argument("--candidates", type=int, default=None, help="K (default: the bundle's)")
     p.add_argument("--guidance", type=float, default=None, help="w (default: the bundle's)")
     p.add_argument("--models", default=None)
+    p.add_argument("--keep-noise-mean", action="store_true",
+                   help="start from the noise as drawn, its per-channel mean kept (what sampling did before issue 17)")
     p.add_argument("--out", default="volume_control.jsonl")
     p.add_argument("--summarise", metavar="JSONL")
     args = p.parse_args()

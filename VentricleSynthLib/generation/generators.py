@@ -147,13 +147,18 @@ class MaskGenerator(_LatentDiffusion):
         sample j's candidates start from seeds[j]'s own noise, as when it is drawn alone."""
         k = settings.candidates
         latents = self.sample_latents([v for v in volumes_ml for _ in range(k)], settings.guidance,
-                                      settings.mask_steps, initial_noise(self.latent_shape, seeds, k), progress)
+                                      settings.mask_steps, self.starting_noise(seeds, k), progress)
         out = []
         for j, asked in enumerate(volumes_ml):
             label, chosen = self.choose(latents[j * k:(j + 1) * k], asked)
             out.append((label, {"guidance": settings.guidance, "steps": settings.mask_steps, "candidates": k,
                                 "condition_ml": round(self.condition_ml(asked), 3), **chosen}))
         return out
+
+    def starting_noise(self, seeds: list[int], per_seed: int = 1) -> torch.Tensor:
+        """`per_seed` starting latents per seed, each channel at mean 0 (`sampler.initial_noise`: the noise's own
+        mean would otherwise choose the brain's size, and the ventricles' with it, whatever the condition)."""
+        return initial_noise(self.latent_shape, seeds, per_seed, zero_mean=True)
 
     def sample_latents(self, volumes_ml: list[float], guidance: float, steps: int, noise: torch.Tensor,
                        progress: ProgressCallback | None = None) -> torch.Tensor:
