@@ -9,6 +9,7 @@ the case's own T1 image as the template cohort makes it for training (the templa
 half the cases): the segmenter's home ground, for comparison.
 
     python benchmarks/contrasts.py [--cases 6] [--contrasts t1-cohort t1 t2 flair pd] [--seed 7000] [--models DIR]
+                                   [--card]
 
 Prints one row per head and contrast (Dice of the ventricular system and mean Dice of the six labels against the
 case's labels, true and found mL, seconds), then one summary row per contrast.
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from card_report import Printed, add_card_option, check_card_option, save_to_card  # noqa: E402
 from phantom import CONTRASTS, phantom_cohort, render, with_bias_field, with_rician_noise  # noqa: E402
 
 from VentricleSynthLib.metrics import dice  # noqa: E402
@@ -56,7 +58,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", default=None)
+    add_card_option(p)
     args = p.parse_args()
+    check_card_option(args)
 
     import torch
 
@@ -68,8 +72,9 @@ def main() -> None:
     segmenter = get_segmenter(args.models, "cpu")
     cohort = phantom_cohort()
     rows: dict[str, list[tuple[float, float, float]]] = {c: [] for c in args.contrasts}
-    print("| case | contrast | true mL | found mL | error % | Dice (system) | Dice (labels, mean) | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    out = Printed()
+    out("| case | contrast | true mL | found mL | error % | Dice (system) | Dice (labels, mean) | s |")
+    out("|---|---|---|---|---|---|---|---|")
     for i, target in enumerate(np.linspace(args.low, args.high, args.cases)):
         case = cohort.make_case(float(target), np.random.default_rng([args.seed, i]))
         truth = np.where(np.isin(case["label"], VENTRICLE_LABELS), case["label"], 0)
@@ -83,14 +88,16 @@ def main() -> None:
             d_sys, d_lab = dice(found.array > 0, truth > 0), label_dice(found.array, truth, VENTRICLE_LABELS)
             err = (result["ventricle_ml"] - true_ml) / true_ml * 100
             rows[contrast].append((d_sys, d_lab, err))
-            print(f"| {i} | {contrast} | {true_ml:.1f} | {result['ventricle_ml']:.1f} | {err:+.1f} | {d_sys:.3f} | "
-                  f"{d_lab:.3f} | {seconds:.1f} |", flush=True)
-    print("\n| contrast | cases | Dice (system) mean / min | Dice (labels) mean | volume error % median / max abs |")
-    print("|---|---|---|---|---|")
+            out(f"| {i} | {contrast} | {true_ml:.1f} | {result['ventricle_ml']:.1f} | {err:+.1f} | {d_sys:.3f} | "
+                f"{d_lab:.3f} | {seconds:.1f} |")
+    out()
+    out("| contrast | cases | Dice (system) mean / min | Dice (labels) mean | volume error % median / max abs |")
+    out("|---|---|---|---|---|")
     for contrast, r in rows.items():
         a = np.asarray(r)
-        print(f"| {contrast} | {len(a)} | {a[:, 0].mean():.3f} / {a[:, 0].min():.3f} | {a[:, 1].mean():.3f} | "
-              f"{np.median(a[:, 2]):+.1f} / {np.abs(a[:, 2]).max():.1f} |")
+        out(f"| {contrast} | {len(a)} | {a[:, 0].mean():.3f} / {a[:, 0].min():.3f} | {a[:, 1].mean():.3f} | "
+            f"{np.median(a[:, 2]):+.1f} / {np.abs(a[:, 2]).max():.1f} |")
+    save_to_card(args, "contrasts", out, "contrasts.py")
 
 
 if __name__ == "__main__":

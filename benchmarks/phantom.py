@@ -7,7 +7,7 @@ Rician noise. The true fractional ventricle volume is the 0.5 mm ventricle voxel
 "half" volume counts the 1 mm voxels at least half ventricle (the boundary convention, see
 VentricleSynthLib/segmentation/partial_volume.py).
 
-    python benchmarks/phantom.py [--volumes 15 30 60 100 150] [--contrasts t1] [--seed 0] [--save DIR]
+    python benchmarks/phantom.py [--volumes 15 30 60 100 150] [--contrasts t1] [--seed 0] [--save DIR] [--card]
 
 Prints one row per phantom: true volumes, `segment`'s voxel-count and partial-volume (soft) volumes, their
 errors, Dice against the true half-voxel labels, seconds.
@@ -24,7 +24,9 @@ import numpy as np
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from card_report import Printed, add_card_option, check_card_option, save_to_card  # noqa: E402
 
 FINE_MM, IMAGED_MM = 0.5, 1.0
 # intensity of each tissue class (label groups below) per contrast; CSF includes the ventricles
@@ -125,7 +127,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", default=None)
     p.add_argument("--save", type=Path, default=None, help="write each phantom's image and true labels here")
+    add_card_option(p)
     args = p.parse_args()
+    check_card_option(args)
 
     import torch
 
@@ -136,9 +140,10 @@ def main() -> None:
 
     segmenter = get_segmenter(args.models, "cpu")
     cohort = phantom_cohort()
-    print("| contrast | asked mL | true mL (fractional) | true mL (half-voxel) | segment mL | error % | "
-          "soft mL | soft error % | Dice vs half-voxel truth | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    out = Printed()
+    out("| contrast | asked mL | true mL (fractional) | true mL (half-voxel) | segment mL | error % | "
+        "soft mL | soft error % | Dice vs half-voxel truth | s |")
+    out("|---|---|---|---|---|---|---|---|---|---|")
     for contrast in args.contrasts:
         for i, target in enumerate(args.volumes):
             rng = np.random.default_rng([args.seed, i])
@@ -149,14 +154,15 @@ def main() -> None:
             got, soft = result["ventricle_ml"], result["ventricle_soft_ml"]
             err = (got - ph["true_ml"]) / ph["true_ml"] * 100
             soft_err = "" if soft is None else f"{(soft - ph['true_ml']) / ph['true_ml'] * 100:+.2f}"
-            print(f"| {contrast} | {target:g} | {ph['true_ml']:.2f} | {ph['true_half_ml']:.2f} | {got:.2f} | "
-                  f"{err:+.2f} | {soft if soft is not None else 'n/a'} | {soft_err} | "
-                  f"{dice(label.array > 0, ph['half'] > 0):.3f} | {seconds:.1f} |", flush=True)
+            out(f"| {contrast} | {target:g} | {ph['true_ml']:.2f} | {ph['true_half_ml']:.2f} | {got:.2f} | "
+                f"{err:+.2f} | {soft if soft is not None else 'n/a'} | {soft_err} | "
+                f"{dice(label.array > 0, ph['half'] > 0):.3f} | {seconds:.1f} |")
             if args.save:
                 args.save.mkdir(parents=True, exist_ok=True)
                 save_volume(Volume(ph["image"], ph["affine"]), args.save / f"{contrast}_{target:g}_image.nii.gz")
                 save_volume(Volume(ph["half"], ph["affine"]), args.save / f"{contrast}_{target:g}_label.nii.gz",
                             dtype=np.int16)
+    save_to_card(args, "phantom", out, "phantom.py")
 
 
 if __name__ == "__main__":

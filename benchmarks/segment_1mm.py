@@ -7,7 +7,7 @@ importing torch/nnU-Net, loading and verifying the bundle, resampling in and out
 Also printed: the volume found against the template's own ventricle volume, and whether the result lies
 on the input's grid.
 
-    python benchmarks/segment_1mm.py [--runs 3] [--threads 2] [--models DIR] [--tta]
+    python benchmarks/segment_1mm.py [--runs 3] [--threads 2] [--models DIR] [--tta] [--card]
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from card_report import Printed, add_card_option, check_card_option, save_to_card  # noqa: E402
 
 SHAPE = (182, 218, 182)
 
@@ -48,7 +50,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="")
     parser.add_argument("--tta", action="store_true", help="with test-time mirroring")
+    add_card_option(parser)
     args = parser.parse_args()
+    check_card_option(args)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     rows = []
     with tempfile.TemporaryDirectory(prefix="vs_bench_seg_") as tmp:
@@ -74,13 +78,17 @@ def main() -> int:
             same_grid = seg.shape == src.shape and np.allclose(seg.affine, src.affine, atol=1e-4)
             rows.append((run + 1, wall, result["seconds"], max(peak, before) / 1024,
                          result["ventricle_ml"], same_grid))
-    print(f"segment, 1 mm T1 {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} (ICBM 2009c with skull), cpu, {args.threads} threads,"
-          f" tta={'on' if args.tta else 'off'}; template ventricles on that grid: {reference_ml:.1f} mL")
-    print("| run | wall incl. start-up (s) | reported (s) | peak RSS (MB) | ventricles (mL) | on input grid |")
-    print("|---|---|---|---|---|---|")
+    out = Printed()
+    out(f"segment, 1 mm T1 {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} (ICBM 2009c with skull), cpu, {args.threads} threads,"
+        f" tta={'on' if args.tta else 'off'}; template ventricles on that grid: {reference_ml:.1f} mL")
+    out()
+    out("| run | wall incl. start-up (s) | reported (s) | peak RSS (MB) | ventricles (mL) | on input grid |")
+    out("|---|---|---|---|---|---|")
     for run, wall, seconds, rss, ml, same in rows:
-        print(f"| {run} | {wall:.1f} | {seconds:.1f} | {rss:.0f} | {ml:.1f} | {'yes' if same else 'NO'} |")
-    print("(peak RSS is the largest child process so far: ru_maxrss of RUSAGE_CHILDREN)")
+        out(f"| {run} | {wall:.1f} | {seconds:.1f} | {rss:.0f} | {ml:.1f} | {'yes' if same else 'NO'} |")
+    out()
+    out("(peak RSS is the largest child process so far: ru_maxrss of RUSAGE_CHILDREN)")
+    save_to_card(args, "segment_1mm", out, "segment_1mm.py")
     return 0
 
 

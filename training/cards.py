@@ -173,6 +173,39 @@ def segmenter_card(config: dict, metrics: dict) -> str:
     return "\n".join(lines)
 
 
+# measured sections a segmenter benchmark adds to the bundled segmenter's card (`benchmarks/... --card`), in order
+BENCHMARK_SECTIONS = {
+    "contrasts": "Contrasts, 1 mm hold-out heads (measured, benchmarks/contrasts.py)",
+    "phantom": "Partial-volume phantoms, 1 mm (measured, benchmarks/phantom.py)",
+    "peers": "Beside public peers on real heads (measured, benchmarks/peers.py)",
+    "segment_1mm": "Speed and memory on a 1 mm head (measured, benchmarks/segment_1mm.py)",
+}
+
+
+def record_benchmark(folder: Path, name: str, table: str, command: str, day: str) -> Path:
+    """Benchmark `name`'s printed `table` as its section of the segmenter card in `folder`, under the command
+    that printed it; the sections follow the stage's own text in the order of BENCHMARK_SECTIONS."""
+    card = Path(folder) / CARD
+    stage, bodies = benchmark_sections(card.read_text() if card.is_file() else "")
+    bodies[BENCHMARK_SECTIONS[name]] = f"Measured with `{command}` on {day} (CPU).\n\n{table.strip()}"
+    ordered = [h for h in BENCHMARK_SECTIONS.values() if h in bodies]
+    write_card(folder, stage.rstrip("\n") + "\n" + "".join(f"\n## {h}\n{bodies[h]}\n" for h in ordered))
+    return card
+
+
+def benchmark_sections(card: str) -> tuple[str, dict[str, str]]:
+    """A segmenter card split into the stage's own text and the benchmark sections after it (heading -> body)."""
+    starts = [card.index(f"\n## {h}\n") for h in BENCHMARK_SECTIONS.values() if f"\n## {h}\n" in card]
+    if not starts:
+        return card, {}
+    stage, rest = card[:min(starts)], card[min(starts):]
+    bodies = {}
+    for part in rest.split("\n## ")[1:]:
+        heading, _, body = part.partition("\n")
+        bodies[heading] = body.strip("\n")
+    return stage, bodies
+
+
 def _num(value, fmt: str) -> str:
     return "n/a" if value is None or not np.isfinite(value) else format(value, fmt)
 

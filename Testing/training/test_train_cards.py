@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from training.cards import generator_card, replace_section, replace_sections, segmenter_card, write_card
+from training.cards import (
+    BENCHMARK_SECTIONS,
+    benchmark_sections,
+    generator_card,
+    record_benchmark,
+    replace_section,
+    replace_sections,
+    segmenter_card,
+    write_card,
+)
 from VentricleSynthLib.bundles import format as bundles
 
 MODELS = Path(__file__).resolve().parents[2] / "VentricleSynth" / "Resources" / "Models"
@@ -22,7 +31,10 @@ def _committed(name: str) -> tuple[dict, str]:
 
 
 def test_the_committed_segmenter_card_is_its_config_and_metrics():
+    """What the stage wrote, then only benchmark sections (`benchmarks/... --card`), each under its command."""
     config, card = _committed("segmenter")
+    card, sections = benchmark_sections(card)
+    assert all(body.startswith("Measured with `python benchmarks/") for body in sections.values())
     text = segmenter_card(config, config["training"]["metrics"])
     # line for line; the `Use:` line names the library's segment_file wherever the library keeps it now
     assert [line for line in text.splitlines() if not line.startswith("Use: ")] == \
@@ -58,3 +70,25 @@ def test_changing_a_card_rewrites_the_manifest(tmp_path):
     replace_sections(copy, {"Measured": "other numbers\n"})
     assert (copy / "card.md").read_text() == "# A bundle\n\n## Measured\nother numbers\n\n## Other\nmore\n"
     bundles.verify(copy)
+
+
+def test_benchmark_sections_follow_the_stage_text_in_a_fixed_order_and_replace_themselves(tmp_path):
+    folder = tmp_path / "segmenter"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    stage = "# Segmenter\n\n## Measured\n\n| set | n |\n|---|---|\n| val | 3 |\n"
+    write_card(folder, stage)
+    record_benchmark(folder, "segment_1mm", "| run | s |\n| 1 | 9.0 |\n", "python benchmarks/segment_1mm.py",
+                     "2026-12-03")
+    record_benchmark(folder, "contrasts", "| c | Dice |\n| t1 | 0.9 |", "python benchmarks/contrasts.py", "2026-12-03")
+    text = (folder / "card.md").read_text()
+    assert text.startswith(stage)
+    assert text.index(BENCHMARK_SECTIONS["contrasts"]) < text.index(BENCHMARK_SECTIONS["segment_1mm"])
+    record_benchmark(folder, "contrasts", "| c | Dice |\n| t1 | 0.8 |", "python benchmarks/contrasts.py", "2026-12-04")
+    again = (folder / "card.md").read_text()
+    stage_again, bodies = benchmark_sections(again)
+    assert stage_again == stage and "0.9" not in again and "| t1 | 0.8 |" in bodies[BENCHMARK_SECTIONS["contrasts"]]
+    assert bodies[BENCHMARK_SECTIONS["contrasts"]].startswith(
+        "Measured with `python benchmarks/contrasts.py` on 2026-12-04")
+    assert again.count("## ") == 3
+    bundles.verify(folder)  # the manifest follows
