@@ -75,6 +75,19 @@ def test_squeezed_thin_horns_stay_whole(factor):
     assert set(np.unique(out)) == set(np.unique(label)) and out.dtype == label.dtype
 
 
+def test_a_flow_that_would_cut_the_horn_backs_off_to_one_that_does_not():
+    """Squeezed by half, the horn breaks at the root-found strength: a weaker flow that keeps it whole is kept,
+    short of the asked volume, with a warning that says why."""
+    label, affine = _brain_with_a_thin_horn()
+    before = ventricle_volume_ml(label, affine)
+    out, record = refine(label, affine, 0.5 * before)
+    got = ventricle_volume_ml(out, affine)
+    assert 0.5 * before * (1 + TOLERANCE) < got < before and plausibility(out, affine)["ventricle_pieces"] == 1
+    assert record["refine_strength_mm"] < 0 and record["max_displacement_mm"] > 0
+    assert f"refinement stopped at {got:.1f} mL" in record["warnings"][0]
+    assert "the ventricles are in more pieces than sampled (1 -> 2)" in record["warnings"][0]
+
+
 def test_an_implausible_refinement_is_refused_beyond_the_displacement_bound(sampled):
     label, affine = sampled
     before = ventricle_volume_ml(label, affine)

@@ -31,6 +31,7 @@ MAX_DISPLACEMENT_MM = 10.0  # plausibility bound on any voxel's displacement (me
 SIGMA_MM = 8.0  # smoothing of the ventricle mask whose gradient is the flow: the flow's reach
 FIELD_SPACING_MM = 4.0  # lattice of the velocity field
 MAX_ITERATIONS = 30
+BACK_OFF = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)  # strengths tried when the full flow is implausible
 MIN_PIECE_ML = 0.1  # ventricle pieces counted for fragmentation (a resampled boundary can leave 1-voxel specks)
 # what a pair's record and a cohort's CSV keep of a refinement
 RECORD_FIELDS = ("got_ml_before_refinement", "refine_strength_mm", "max_displacement_mm", "mean_displacement_mm")
@@ -120,16 +121,47 @@ def plausible(checks: dict, sampled: dict) -> bool:
         checks["ventricle_pieces"] <= sampled["ventricle_pieces"]
 
 
+def made_worse(checks: dict, sampled: dict) -> list[str]:
+    """What refinement broke, in words: a main class the sampled map had, a brain in more pieces, ventricles in
+    more pieces (empty: nothing)."""
+    out = []
+    if sampled["main_classes_present"] and not checks["main_classes_present"]:
+        out.append("a main class is lost")
+    if checks["brain_pieces"] > max(1, sampled["brain_pieces"]):
+        out.append(f"the brain is in {checks['brain_pieces']} pieces")
+    if checks["ventricle_pieces"] > sampled["ventricle_pieces"]:
+        out.append(f"the ventricles are in more pieces than sampled ({sampled['ventricle_pieces']} -> "
+                   f"{checks['ventricle_pieces']})")
+    return out
+
+
 def unrefined(label: np.ndarray, affine: np.ndarray) -> dict:
     """The record of a label map left as sampled (refinement off, or nothing to move)."""
     return {"got_ml_before_refinement": round(ventricle_volume_ml(label, affine), 3), "refine_strength_mm": 0.0,
             "max_displacement_mm": 0.0, "mean_displacement_mm": 0.0, "warnings": []}
 
 
+def _moved(flow: _Flow, label: np.ndarray, strength: float) -> tuple[np.ndarray, dict]:
+    """`label` moved by the flow at `strength`, and the displacement part of the record."""
+    disp = flow.displacement(strength)
+    out = label.copy()
+    out[flow.region] = flow.warp_labels(label, disp)
+    moved = np.zeros(label.shape, np.float32)
+    moved[flow.region] = np.sqrt((disp ** 2).sum(axis=0)).reshape(out[flow.region].shape)
+    brain = out > 0
+    return out, {"refine_strength_mm": round(strength, 3),
+                 "max_displacement_mm": round(float(moved[brain].max(initial=0.0)), 3),
+                 "mean_displacement_mm": round(float(moved[brain].mean()) if brain.any() else 0.0, 3)}
+
+
 def refine(label: np.ndarray, affine: np.ndarray, asked_ml: float) -> tuple[np.ndarray, dict]:
     """The label map moved to `asked_ml` of ventricles, and the record: got_ml_before_refinement,
     refine_strength_mm, max_displacement_mm (any brain voxel), mean_displacement_mm (over the brain's voxels),
-    the plausibility measures and `warnings`."""
+    the plausibility measures and `warnings`.
+
+    A flow that breaks the anatomy (`made_worse`) is retried at BACK_OFF fractions of its strength and the
+    strongest one that breaks nothing is kept (the map as sampled if none), with a warning: a label map a little
+    off the asked volume rather than one with a new ventricle piece, a lost class or a split brain."""
     before = ventricle_volume_ml(label, affine)
     record = unrefined(label, affine)
     tolerance_ml = max(TOLERANCE * asked_ml, 0.5 * voxel_volume_ml(affine))
@@ -143,22 +175,27 @@ def refine(label: np.ndarray, affine: np.ndarray, asked_ml: float) -> tuple[np.n
     bracket = (0.0, MAX_DISPLACEMENT_MM) if asked_ml > before else (-MAX_DISPLACEMENT_MM, 0.0)
     strength, _ = solve_strength(flow.volume_ml, float(asked_ml), *bracket, tolerance_ml, MAX_ITERATIONS,
                                  known={0.0: before})
-    disp = flow.displacement(strength)
-    out = label.copy()
-    out[flow.region] = flow.warp_labels(label, disp)
-    norm = np.sqrt((disp ** 2).sum(axis=0)).reshape(out[flow.region].shape)
-    brain = out > 0
-    moved = np.zeros(label.shape, np.float32)
-    moved[flow.region] = norm
+    out, moved = _moved(flow, label, strength)
+    checks = plausibility(out, affine)
+    broken = made_worse(checks, sampled)
+    if broken:  # the strongest fraction of the flow that breaks nothing, else the map as sampled
+        for fraction in BACK_OFF:
+            out, moved = _moved(flow, label, strength * fraction)
+            checks = plausibility(out, affine)
+            if not made_worse(checks, sampled):
+                break
+        else:
+            out, moved, checks = label, unrefined(label, affine), sampled
     got = ventricle_volume_ml(out, affine)
-    record.update(refine_strength_mm=round(strength, 3),
-                  max_displacement_mm=round(float(moved[brain].max(initial=0.0)), 3),
-                  mean_displacement_mm=round(float(moved[brain].mean()) if brain.any() else 0.0, 3))
-    if abs(got - asked_ml) > tolerance_ml and abs(strength) >= MAX_DISPLACEMENT_MM:
+    record.update({k: moved[k] for k in RECORD_FIELDS[1:]})
+    if broken:
+        record["warnings"].append(
+            f"refinement stopped at {got:.1f} mL (asked {asked_ml:g}, sampled {before:.1f}): the full flow gave a "
+            f"label map where {' and '.join(broken)}")
+    elif abs(got - asked_ml) > tolerance_ml and abs(strength) >= MAX_DISPLACEMENT_MM:
         record["warnings"].append(
             f"refinement stopped at {got:.1f} mL (asked {asked_ml:g}, sampled {before:.1f}): reaching the asked "
             f"volume would move tissue by more than {MAX_DISPLACEMENT_MM:g} mm")
-    checks = plausibility(out, affine)
     ok = plausible(checks, sampled)
     if not ok:
         record["warnings"].append(f"refined label map fails a plausibility check: {checks}")
