@@ -113,8 +113,9 @@ def calibration_sections(result: dict, previews: list[Path], command: str) -> tu
     realism = (f"Measured with `{command}`: {result['image_samples']} pairs across the trained range with the mask "
                f"generator's default sampling ({result['default']}). Mean intensity WM > GM > ventricles inside "
                f"the conditioning label map in "
-               f"{100 * result['t1_contrast_fraction']:.0f} % of samples. Median seconds per pair (both stages, "
-               f"{result['steps']} steps each, {result['threads']} torch threads): "
+               f"{100 * result['t1_contrast_fraction']:.0f} % of samples. Median seconds per pair (both stages: "
+               f"{result['steps']} DDIM steps of the mask model, {result['image_steps']} of the image model; "
+               f"{result['threads']} torch threads): "
                f"{result['pair_seconds_median']:.1f} s.\n\n"
                + "".join(f"![preview]({p.name})\n" for p in previews))
     return volume, realism

@@ -24,7 +24,7 @@ def initial_noise(latent_shape, seeds: list[int], per_seed: int = 1, zero_mean: 
     `zero_mean`: each latent's channels are shifted to mean 0 over space. The mask LDM needs it: the small
     random per-channel mean of white noise (SD ~0.014 on its latent grid) survives DDIM and sets the size of the
     whole brain, and the ventricles with it (measured, bundled model, w 4, 80 mL asked, seeds 0-7: brains
-    682-1842 mL and ventricles 16-178 mL as drawn; brains 1259-1475 mL and ventricles 91-107 mL at zero mean).
+    694-1842 mL and ventricles 16-183 mL as drawn; brains 1260-1475 mL and ventricles 99-114 mL at zero mean).
     """
     noise = torch.cat([torch.randn((per_seed, *latent_shape), generator=torch.Generator().manual_seed(int(s)),
                                    device="cpu") for s in seeds])

@@ -206,7 +206,8 @@ def run(work: Path, models: Path | None = None, asked=(20, 40, 60, 80, 100, 120)
     result = {"volume_control": stats, "default": setting_name(default_w, default_k), "steps": steps, "rows": rows,
               "volume_calibration": mask.calibration,
               "t1_contrast_fraction": float(np.mean(contrast)), "image_samples": image_samples,
-              "pair_seconds_median": float(np.median(pair_seconds)), "command": command,
+              "pair_seconds_median": float(np.median(pair_seconds)), "image_steps": int(image.sampling["steps"]),
+              "command": command,
               "threads": torch.get_num_threads()}
     text = json.dumps(result, indent=2)
     write_text(out / "calibration.json", text)
