@@ -111,17 +111,18 @@ def test_volume_properties(make_affine, lab, spacing, degrees):
     assert total <= tiv_ml(lab, affine) + 1e-12
 
 
-def test_scattered_ventricles_are_those_whose_largest_piece_holds_under_the_threshold():
-    from VentricleSynthLib.volumes import SCATTERED_BELOW, scattered, ventricle_pieces
+def test_fragmented_ventricles_are_in_more_pieces_than_the_six_structures():
+    from VentricleSynthLib.volumes import MAX_VENTRICLE_PIECES, fragmented, ventricle_pieces
 
     label = np.zeros((30, 30, 30), np.int16)
     label[5:15, 5:15, 5:15] = 4  # one block of 1000 voxels
-    assert ventricle_pieces(label) == (1, 1.0) and not scattered(label)
-    label[20, 20, 20] = 43  # a speck: two pieces, the block still holds nearly all
-    assert ventricle_pieces(label)[0] == 2 and not scattered(label)
-    label[5:15, 5:15, 5:15] = 0
-    for k in range(8):  # eight equal pieces: the largest holds 1/8
-        label[3 * k:3 * k + 2, 0:5, 0:5] = 14
+    assert ventricle_pieces(label) == (1, 1.0) and not fragmented(label)
+    label[15, 15, 15] = 43  # touching the block's corner only: the same 26-connected piece
+    assert ventricle_pieces(label)[0] == 1
+    for k in range(MAX_VENTRICLE_PIECES - 1):  # specks up to six pieces: whole
+        label[20 + 2 * k, 25, 25] = 14
+    assert ventricle_pieces(label)[0] == MAX_VENTRICLE_PIECES and not fragmented(label)
+    label[28, 28, 28] = 15  # one speck more, whatever its size
     n, largest = ventricle_pieces(label)
-    assert n == 9 and largest < SCATTERED_BELOW and scattered(label)
-    assert ventricle_pieces(np.zeros((4, 4, 4), np.int16)) == (0, 0.0) and not scattered(np.zeros((4, 4, 4)))
+    assert n == MAX_VENTRICLE_PIECES + 1 and largest > 0.99 and fragmented(label)
+    assert ventricle_pieces(np.zeros((4, 4, 4), np.int16)) == (0, 0.0) and not fragmented(np.zeros((4, 4, 4)))

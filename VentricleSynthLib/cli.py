@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ventricle-ml", type=float, help="requested ventricular volume in mL")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
     p.add_argument("--candidates", type=int, help="label maps denoised per sample; the one closest to the asked "
-                                                  "volume is kept (default: the bundle's)")
+                                                  "volume is kept, among those with every main class and whole "
+                                                  "ventricles (default: the bundle's)")
     p.add_argument("--no-refine", action="store_true", help="keep the sampled label map as it is (the paper's "
                    "method); by default a smooth flow moves it to exactly the asked ventricle volume")
     p.add_argument("--steps", type=int, help="DDIM steps per stage (default: the bundle's)")

@@ -7,10 +7,10 @@ import numpy as np
 
 from VentricleSynthLib.labels import VENTRICLE_LABELS, label_name
 
-# A label map whose largest 26-connected ventricle piece holds less than this share of the ventricular volume has
-# scattered ventricles (the template cohort's maps: at least 0.84 in 240 checked; a sampled 20 mL map with 42
-# pieces: 0.23). Generation rejects such candidates.
-SCATTERED_BELOW = 0.7
+# The ventricular system is six structures (two lateral ventricles, their inferior horns, the 3rd and the 4th); a
+# label map whose ventricles fall into more 26-connected pieces than that, every voxel counted, has islands: it is
+# `fragmented`. The one rule for candidate choice, redrawing, refinement and cohort QC.
+MAX_VENTRICLE_PIECES = 6
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:
@@ -41,10 +41,9 @@ def ventricle_pieces(label_map: np.ndarray) -> tuple[int, float]:
     return n, float(sizes.max() / sizes.sum())
 
 
-def scattered(label_map: np.ndarray) -> bool:
-    """Ventricles scattered in pieces (see SCATTERED_BELOW); no ventricles at all is not 'scattered'."""
-    n, largest = ventricle_pieces(label_map)
-    return n > 0 and largest < SCATTERED_BELOW
+def fragmented(label_map: np.ndarray) -> bool:
+    """Ventricles in more than MAX_VENTRICLE_PIECES pieces; no ventricles at all is not 'fragmented'."""
+    return ventricle_pieces(label_map)[0] > MAX_VENTRICLE_PIECES
 
 
 def tiv_ml(label_map: np.ndarray, affine: np.ndarray) -> float:

@@ -35,6 +35,7 @@ pair = generate_pair(mask, image, float(sys.argv[3]), steps=int(sys.argv[2]) or 
 t2 = time.perf_counter()
 digest = hashlib.sha256(pair.image.tobytes() + pair.label.tobytes()).hexdigest()[:16]
 print(json.dumps({"steps": pair.record["steps"], "candidates": pair.record["candidates"],
+                  "redrawn": pair.record["redrawn"],
                   "load_s": t1 - t0, "pair_s": t2 - t1, "total_s": t2 - t0, "got_ml": pair.record["got_ml"],
                   "got_ml_before_refinement": pair.record["got_ml_before_refinement"],
                   "max_displacement_mm": pair.record["max_displacement_mm"],
@@ -66,12 +67,13 @@ def main() -> int:
     print(f"one labelled pair, cpu, {args.threads} threads, DDIM steps mask {steps['mask']} (x{rows[0]['candidates']} "
           f"candidates) + image {steps['image']}, refinement {'off' if args.no_refine else 'on'}, "
           f"asked {args.volume_ml:g} mL, seed 123")
-    print("| run | load (s) | pair (s) | total (s) | peak RSS (MB) | got (mL) | sampled (mL) | max disp (mm) "
-          "| digest |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| run | load (s) | pair (s) | total (s) | peak RSS (MB) | got (mL) | sampled (mL) | redrawn | "
+          "max disp (mm) | digest |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(rows, 1):
         print(f"| {i} | {r['load_s']:.2f} | {r['pair_s']:.2f} | {r['total_s']:.2f} | {r['peak_rss_mb']:.0f} | "
-              f"{r['got_ml']:.1f} | {r['got_ml_before_refinement']:.1f} | {r['max_displacement_mm']:.1f} | "
+              f"{r['got_ml']:.1f} | {r['got_ml_before_refinement']:.1f} | {r['redrawn']} | "
+              f"{r['max_displacement_mm']:.1f} | "
               f"{r['digest']} |")
     same = len({r["digest"] for r in rows}) == 1
     print(f"same seed, same pair across runs: {'yes' if same else 'NO'}")

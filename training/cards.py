@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from VentricleSynthLib.bundles import format as bundles
+from VentricleSynthLib.generation.settings import MAX_REDRAWS
 from VentricleSynthLib.io.atomic import write_text
+from VentricleSynthLib.volumes import MAX_VENTRICLE_PIECES
 
 CARD = "card.md"
 
@@ -89,15 +91,17 @@ def calibration_sections(result: dict, previews: list[Path], command: str) -> tu
     """The calibrate stage's measured sections: (mask card's volume control, image card's realism)."""
     asked = list(next(iter(result["volume_control"].values()))["median_got_ml"])
     lines = ["| guidance w | candidates K | Spearman ρ | median abs(obtained−asked)/asked | MAE (mL) | "
-             f"median obtained for {'/'.join(asked)} mL | main classes | one component | s/sample | n | "
+             f"median obtained for {'/'.join(asked)} mL | main classes | one component | ventricles whole | redrawn | "
+             "s/sample | n | "
              "refined: Spearman ρ | refined: median / p95 error | refined: largest displacement median / max (mm) | "
              "refined: plausible |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in result["volume_control"].items():
         lines.append(f"| {s['guidance']:g}{' (default)' if name == result['default'] else ''} | {s['candidates']} | "
                      f"{s['spearman']:.3f} | {100 * s['median_rel_error']:.1f} % | {s['mean_abs_error_ml']:.1f} | "
                      f"{'/'.join(f'{v:.0f}' for v in s['median_got_ml'].values())} | "
                      f"{100 * s['main_classes_fraction']:.0f} % | {100 * s['one_component_fraction']:.0f} % | "
+                     f"{100 * s['whole_ventricles_fraction']:.0f} % | {100 * s['redrawn_fraction']:.0f} % | "
                      f"{s['seconds_median']:.1f} | {s['samples']} | {s['refined_spearman']:.3f} | "
                      f"{100 * s['refined_median_rel_error']:.1f} / {100 * s['refined_p95_rel_error']:.1f} % | "
                      f"{s['max_displacement_mm_median']:.1f} / {s['max_displacement_mm_max']:.1f} | "
@@ -105,9 +109,11 @@ def calibration_sections(result: dict, previews: list[Path], command: str) -> tu
     volume = (f"Measured with `{command}` (CPU, {result['threads']} torch threads, {result['steps']} DDIM steps; "
               f"asked {', '.join(asked)} mL, "
               f"{len({r['seed'] for r in result['rows']})} seeds each; K = 1 is the diffusion model alone, K > 1 "
-              "keeps the candidate closest to the asked volume; the refined columns: the same label maps moved to the "
-              "asked volume by exact-volume refinement, the generator's default; plausible: main classes kept, one "
-              "brain, no new ventricle piece).\n\n"
+              "keeps the candidate closest to the asked volume; ventricles whole: in at most "
+              f"{MAX_VENTRICLE_PIECES} 26-connected pieces; redrawn: samples whose first K candidates all lacked a "
+              f"main class or were fragmented, so that the seed's next ones were drawn (up to {MAX_REDRAWS}); the "
+              "refined columns: the same label maps moved to the asked volume by exact-volume refinement, the "
+              "generator's default; plausible: main classes kept, one brain, ventricles whole).\n\n"
               + _calibration_text(result.get("volume_calibration"))
               + "\n".join(lines) + "\n\n![asked vs obtained](volume_control.png)\n")
     realism = (f"Measured with `{command}`: {result['image_samples']} pairs across the trained range with the mask "

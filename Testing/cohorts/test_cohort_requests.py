@@ -129,15 +129,16 @@ def _qc_record(**kw):
 
 
 def test_qc_flags_and_filter():
-    from VentricleSynthLib.cohorts.qc import DEFAULT_MIN_DICE, MAX_COMPONENTS, flags, passes_filter
+    from VentricleSynthLib.cohorts.qc import DEFAULT_MIN_DICE, flags, passes_filter
+    from VentricleSynthLib.volumes import MAX_VENTRICLE_PIECES
 
     assert flags(_qc_record()) == []
     assert flags(_qc_record(volume_error_ml=11.0)) == ["volume_off"]  # > 5 mL and > 20 % of 50 mL
     assert flags(_qc_record(volume_error_ml=-9.0)) == []  # > 5 mL but only 18 %
     assert flags(_qc_record(asked_ml=10.0, volume_error_ml=4.0)) == []  # 40 % but only 4 mL
     assert flags(_qc_record(components=0)) == ["no_ventricles"]
-    assert flags(_qc_record(components=MAX_COMPONENTS + 1)) == ["fragmented"]
-    assert flags(_qc_record(components=MAX_COMPONENTS)) == []
+    assert flags(_qc_record(components=MAX_VENTRICLE_PIECES + 1)) == ["fragmented"]
+    assert flags(_qc_record(components=MAX_VENTRICLE_PIECES)) == []
     assert flags(_qc_record(qc_dice=DEFAULT_MIN_DICE - 0.01)) == ["low_dice"]
     assert flags(_qc_record(qc_dice=0.8), min_dice=0.85) == ["low_dice"]  # the explicit threshold wins
     assert flags(_qc_record(qc_dice=0.6), min_dice=0.5) == []

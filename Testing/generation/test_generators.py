@@ -49,27 +49,48 @@ def test_candidates_keep_the_decoding_closest_to_the_asked_volume(trained):
     mask = MaskGenerator(trained / "bundles" / "mask_generator", "cpu")
     label, record = mask.sample_with_record(60.0, guidance=2.0, steps=3, seed=5, candidates=3)
     vols = record["candidates_ml"]
-    assert record["candidates"] == 3 and len(vols) == 3
-    complete, whole = record["candidates_complete"], record["candidates_whole"]
-    assert len(complete) == len(whole) == 3
-    # rank: all main classes first, then ventricles not scattered, then the volume
-    rank = {i: (not complete[i], not whole[i], abs(vols[i] - 60.0)) for i in range(3)}
+    assert record["candidates"] == 3 and len(vols) == 3 + record["redrawn"]
+    complete, split = record["candidates_complete"], record["candidates_fragmented"]
+    assert len(complete) == len(split) == len(vols)
+    # rank: all main classes and ventricles whole first, then all main classes, then the volume
+    rank = {i: (not complete[i] or split[i], not complete[i], abs(vols[i] - 60.0)) for i in range(len(vols))}
     assert record["chosen"] == min(rank, key=rank.get)
     assert ventricle_volume_ml(label, mask.affine) == pytest.approx(vols[record["chosen"]], abs=1e-3)
     again, record_again = mask.sample_with_record(60.0, guidance=2.0, steps=3, seed=5, candidates=3)
     assert np.array_equal(label, again) and record_again == record
     single, one = mask.sample_with_record(60.0, guidance=2.0, steps=3, seed=5, candidates=1)
-    assert one["candidates"] == 1 and one["chosen"] == 0
-    # candidate 0 starts from the same noise as the K = 1 sample
-    assert one["candidates_ml"][0] == pytest.approx(vols[0], abs=0.5)
+    assert one["candidates"] == 1 and (one["chosen"] == 0 or one["redrawn"] > 0)
+    # candidate i starts from the same noise, drawn in a batch of K or redrawn after K = 1
+    n = min(len(vols), len(one["candidates_ml"]))
+    assert one["candidates_ml"][:n] == pytest.approx(vols[:n], abs=0.5)
     for bad in (0, 17, 2.5):
         with pytest.raises(Exception, match="candidates"):
             mask.sample(60.0, steps=2, candidates=bad)
 
 
+def test_a_seed_whose_candidates_are_all_fragmented_draws_its_next_ones(trained, monkeypatch):
+    """Every label map counted as fragmented (rule at -1 pieces): MAX_REDRAWS more candidates are drawn, one at a
+    time, from the seed's own noise: the same label maps as that seed's next candidates in one batch."""
+    from VentricleSynthLib import volumes
+    from VentricleSynthLib.generation.settings import MAX_REDRAWS
+
+    mask = MaskGenerator(trained / "bundles" / "mask_generator", "cpu")
+    _, batch = mask.sample_with_record(40.0, guidance=2.0, steps=3, seed=3, candidates=1 + MAX_REDRAWS)
+    monkeypatch.setattr(volumes, "MAX_VENTRICLE_PIECES", -1)
+    label, record = mask.sample_with_record(40.0, guidance=2.0, steps=3, seed=3, candidates=1)
+    assert record["redrawn"] == MAX_REDRAWS and all(record["candidates_fragmented"])
+    assert record["candidates_ml"] == pytest.approx(batch["candidates_ml"][:1 + MAX_REDRAWS], abs=0.5)
+    assert ventricle_volume_ml(label, mask.affine) == pytest.approx(record["candidates_ml"][record["chosen"]])
+    again, record_again = mask.sample_with_record(40.0, guidance=2.0, steps=3, seed=3, candidates=1)
+    assert np.array_equal(label, again) and record_again == record
+    monkeypatch.setattr(volumes, "MAX_VENTRICLE_PIECES", 10 ** 6)  # nothing fragmented: redrawn for a lost class only
+    _, whole = mask.sample_with_record(40.0, guidance=2.0, steps=3, seed=3, candidates=1)
+    assert not any(whole["candidates_fragmented"]) and (whole["redrawn"] == 0) == whole["candidates_complete"][0]
+
+
 def test_a_volume_calibration_maps_the_asked_volume_to_its_condition(trained, tmp_path):
     """With a calibration table the model is conditioned on the table's condition for the asked volume: the
-    same sample as asking that condition without the table; the record keeps the condition."""
+    same candidates as asking that condition without the table; the record keeps the condition."""
     from training.generators.calibration import store_volume_calibration
 
     folder = tmp_path / "mask_generator"
@@ -82,8 +103,10 @@ def test_a_volume_calibration_maps_the_asked_volume_to_its_condition(trained, tm
     assert calibrated.condition_ml(60.0) == 40.0 and calibrated.condition_ml(100.0) == 80.0
     assert calibrated.condition_ml(500.0) == 120.0  # the table's end beyond it
     label, record = calibrated.sample_with_record(60.0, guidance=2.0, steps=3, seed=3, candidates=1)
-    reference, _ = plain.sample_with_record(40.0, guidance=2.0, steps=3, seed=3, candidates=1)
-    assert record["condition_ml"] == 40.0 and np.array_equal(label, reference)
+    reference, asked_40 = plain.sample_with_record(40.0, guidance=2.0, steps=3, seed=3, candidates=1)
+    # the same condition, the same candidates (which one is kept depends on the asked volume when none is eligible)
+    assert record["condition_ml"] == 40.0 and record["candidates_ml"] == asked_40["candidates_ml"]
+    assert record["redrawn"] > 0 or np.array_equal(label, reference)
     store_volume_calibration(folder, None)
     assert MaskGenerator(folder, "cpu").calibration is None
 

@@ -13,10 +13,11 @@ from typing import Callable
 
 import numpy as np
 
-from VentricleSynthLib.cohorts.qc import DEFAULT_MIN_DICE, MAX_COMPONENTS, VOLUME_TOLERANCE_ML, VOLUME_TOLERANCE_REL
+from VentricleSynthLib.cohorts.qc import DEFAULT_MIN_DICE, VOLUME_TOLERANCE_ML, VOLUME_TOLERANCE_REL
 from VentricleSynthLib.io.atomic import write_text
 from VentricleSynthLib.io.figures import png_figure
 from VentricleSynthLib.io.montage import write_montage
+from VentricleSynthLib.volumes import MAX_VENTRICLE_PIECES
 
 MONTAGE_SAMPLES = 8
 DICE_GOAL = 0.85
@@ -159,7 +160,7 @@ def write_report(out: Path, rows: list[dict], run: dict, load: Callable[[int], t
         f"- median label-fidelity Dice (segmenter on the generated image vs the generated label map): {dice_line}",
         f"- flagged samples: {s['flagged']} of {s['samples']} (flags: `volume_off` |error| > "
         f"{VOLUME_TOLERANCE_ML:g} mL and > {100 * VOLUME_TOLERANCE_REL:g} %; `low_dice` Dice < {threshold:g}; "
-        f"`fragmented` more than {MAX_COMPONENTS} connected pieces; `no_ventricles`)",
+        f"`fragmented` more than {MAX_VENTRICLE_PIECES} connected pieces; `no_ventricles`)",
         f"- seconds per sample (generation + QC): {_fmt(s['seconds_per_sample'], '.2f')}",
         "",
         "![qc](qc.png)",

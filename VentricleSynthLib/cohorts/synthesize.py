@@ -36,7 +36,7 @@ from VentricleSynthLib.generation.refinement import RECORD_FIELDS
 
 RUN_FILE = "synthesis.json"
 CASE_FIELDS = ["case", "index", "asked_ml", "got_ml", "seed", "guidance", "steps", "image_steps", "candidates",
-               "refine", *RECORD_FIELDS, "seconds", "qc",
+               "redrawn", "refine", *RECORD_FIELDS, "seconds", "qc",
                "qc_dice", "qc_seg_ml", "volume_error_ml", "components", "largest_component_fraction", "included",
                "tiv_ml", "batch_size", "device", "qc_model", "qc_note", "warnings"]
 

@@ -9,6 +9,7 @@ sampled (guidance, steps, candidates) is `settings.SamplingSettings`; the DDIM l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,19 @@ from VentricleSynthLib.generation.networks import (
     mask_unet_forward,
 )
 from VentricleSynthLib.generation.sampler import ddim_sample, guided, initial_noise
-from VentricleSynthLib.generation.settings import SamplingSettings, bundle_sampling, check_volume, resolve
+from VentricleSynthLib.generation.settings import (
+    MAX_REDRAWS,
+    SamplingSettings,
+    bundle_sampling,
+    check_volume,
+    resolve,
+)
 from VentricleSynthLib.labels import MAIN_CLASSES, from_indices, one_hot, to_indices
 from VentricleSynthLib.morphology import connected_components, largest_piece
 from VentricleSynthLib.progress import ProgressCallback
-from VentricleSynthLib.volumes import scattered, ventricle_volume_ml
+from VentricleSynthLib.volumes import fragmented, ventricle_volume_ml
+
+REDRAW_STAGE = "redraw"  # progress stage of a redrawn candidate (outside the worker's plan: moves the label only)
 
 
 def one_brain(label: np.ndarray) -> np.ndarray:
@@ -79,13 +88,28 @@ class _LatentDiffusion:
         return z / self.scale_factor + self.latent_shift.to(z.device)
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    """A decoded mask candidate: its label map, ventricle volume, and the checks candidate choice ranks by."""
+
+    label: np.ndarray
+    volume_ml: float
+    complete: bool  # every one of the schema's MAIN_CLASSES present
+    fragmented: bool  # volumes.fragmented
+
+    @property
+    def eligible(self) -> bool:
+        return self.complete and not self.fragmented
+
+
 class MaskGenerator(_LatentDiffusion):
     """Volume-conditioned label-map LDM with classifier-free guidance.
 
     `candidates` K > 1: K latents are denoised together (one batch) from the same seed and the decoding
     whose ventricle volume is closest to the request is kept (volume-matched sampling), preferring
-    decodings that hold all of the schema's MAIN_CLASSES. Candidate 0 is
-    the K = 1 sample. The bundle's `sampling.candidates` is the default; its card reports both.
+    decodings that hold all of the schema's MAIN_CLASSES with ventricles not fragmented (`choose`; when none
+    does, more are drawn: `sample_many`). Candidate 0 is the K = 1 sample. The bundle's `sampling.candidates`
+    is the default; its card reports both.
     """
 
     kind = MASK
@@ -144,15 +168,23 @@ class MaskGenerator(_LatentDiffusion):
     def sample_many(self, volumes_ml: list[float], seeds: list[int], settings: SamplingSettings,
                     progress: ProgressCallback | None = None) -> list[tuple[np.ndarray, dict]]:
         """A label map and its record for each (volume, seed): K candidates each, all denoised in one batch;
-        sample j's candidates start from seeds[j]'s own noise, as when it is drawn alone."""
+        sample j's candidates start from seeds[j]'s own noise, as when it is drawn alone. When none of a sample's
+        K candidates is eligible (`_Decoded.eligible`), its seed's next candidates are drawn one at a time, up to
+        MAX_REDRAWS, until one is: the record's `redrawn` counts them."""
         k = settings.candidates
         latents = self.sample_latents([v for v in volumes_ml for _ in range(k)], settings.guidance,
                                       settings.mask_steps, self.starting_noise(seeds, k), progress)
         out = []
-        for j, asked in enumerate(volumes_ml):
-            label, chosen = self.choose(latents[j * k:(j + 1) * k], asked)
+        for j, (asked, seed) in enumerate(zip(volumes_ml, seeds)):
+            drawn = [self.decode(z) for z in latents[j * k:(j + 1) * k].split(1)]
+            while not any(d.eligible for d in drawn) and len(drawn) < k + MAX_REDRAWS:
+                noise = self.starting_noise([seed], len(drawn) + 1)[-1:]  # the seed's next candidate
+                drawn.append(self.decode(self.sample_latents([asked], settings.guidance, settings.mask_steps, noise,
+                                                             progress, stage=REDRAW_STAGE)))
+            label, chosen = self.choose(drawn, asked)
             out.append((label, {"guidance": settings.guidance, "steps": settings.mask_steps, "candidates": k,
-                                "condition_ml": round(self.condition_ml(asked), 3), **chosen}))
+                                "redrawn": len(drawn) - k, "condition_ml": round(self.condition_ml(asked), 3),
+                                **chosen}))
         return out
 
     def starting_noise(self, seeds: list[int], per_seed: int = 1) -> torch.Tensor:
@@ -161,7 +193,7 @@ class MaskGenerator(_LatentDiffusion):
         return initial_noise(self.latent_shape, seeds, per_seed, zero_mean=True)
 
     def sample_latents(self, volumes_ml: list[float], guidance: float, steps: int, noise: torch.Tensor,
-                       progress: ProgressCallback | None = None) -> torch.Tensor:
+                       progress: ProgressCallback | None = None, stage: str = "mask") -> torch.Tensor:
         """Guided DDIM from `noise` (one latent per asked volume) to decodable latents."""
         v = torch.tensor([self.normalise(self.condition_ml(float(x))) for x in volumes_ml], dtype=torch.float32,
                          device=self.device)
@@ -170,24 +202,24 @@ class MaskGenerator(_LatentDiffusion):
         def conditioned_and_not(z, t):
             return mask_unet_forward(self.unet, torch.cat([z, z]), torch.cat([t, t]), context, self.unet_arch).chunk(2)
 
-        return self._sample_latents(guided(conditioned_and_not, guidance), noise, steps, "mask", progress)
+        return self._sample_latents(guided(conditioned_and_not, guidance), noise, steps, stage, progress)
 
     @torch.no_grad()
-    def choose(self, latents: torch.Tensor, volume_ml: float) -> tuple[np.ndarray, dict]:
-        """Decode K candidate latents (one brain each) and keep the best: a candidate with all main classes
-        beats any without, one with its ventricles in one piece beats a scattered one (volumes.scattered), then
-        the volume closest to `volume_ml` wins."""
-        best, volumes, complete, whole = None, [], [], []
-        for i in range(latents.shape[0]):  # one decoding at a time: the decoder's activations dominate memory
-            label = one_brain(from_indices(self.autoencoder.decode(latents[i:i + 1]).argmax(dim=1)[0].cpu().numpy()))
-            volumes.append(ventricle_volume_ml(label, self.affine))
-            complete.append(bool(np.isin(MAIN_CLASSES, label).all()))
-            whole.append(not scattered(label))
-            key = (not complete[-1], not whole[-1], abs(volumes[-1] - volume_ml))
-            if best is None or key < best[2]:
-                best = (i, label, key)
-        return best[1], {"chosen": best[0], "candidates_ml": [round(x, 3) for x in volumes],
-                         "candidates_complete": complete, "candidates_whole": whole}
+    def decode(self, latent: torch.Tensor) -> _Decoded:
+        """One candidate latent (batch of 1) -> its label map (one brain) and what candidate choice needs."""
+        label = one_brain(from_indices(self.autoencoder.decode(latent).argmax(dim=1)[0].cpu().numpy()))
+        return _Decoded(label, ventricle_volume_ml(label, self.affine), bool(np.isin(MAIN_CLASSES, label).all()),
+                        fragmented(label))
+
+    @staticmethod
+    def choose(drawn: list[_Decoded], volume_ml: float) -> tuple[np.ndarray, dict]:
+        """The best of the decoded candidates: an eligible one (all main classes, ventricles not fragmented)
+        beats any other, then one with all main classes, then the volume closest to `volume_ml` wins."""
+        ranks = [(not d.eligible, not d.complete, abs(d.volume_ml - volume_ml)) for d in drawn]
+        best = min(range(len(drawn)), key=ranks.__getitem__)
+        return drawn[best].label, {"chosen": best, "candidates_ml": [round(d.volume_ml, 3) for d in drawn],
+                                   "candidates_complete": [d.complete for d in drawn],
+                                   "candidates_fragmented": [d.fragmented for d in drawn]}
 
 
 class ImageGenerator(_LatentDiffusion):

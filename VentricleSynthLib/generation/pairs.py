@@ -86,6 +86,7 @@ def pair_record(mask: MaskGenerator, image: ImageGenerator, volume_ml: float, la
         "guidance": sampled["guidance"],
         "candidates": sampled["candidates"],
         "candidates_ml": sampled["candidates_ml"],
+        "redrawn": sampled["redrawn"],
         "condition_ml": sampled["condition_ml"],
         "refine": sampled["refine"],
         **{key: sampled[key] for key in RECORD_FIELDS},

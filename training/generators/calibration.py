@@ -23,7 +23,7 @@ from VentricleSynthLib.io.atomic import write_text
 from VentricleSynthLib.io.figures import png_figure
 from VentricleSynthLib.labels import CORTEX_LABELS, MAIN_CLASSES, VENTRICLE_LABELS, WHITE_MATTER_LABELS
 from VentricleSynthLib.morphology import connected_components
-from VentricleSynthLib.volumes import ventricle_volume_ml
+from VentricleSynthLib.volumes import fragmented, ventricle_volume_ml
 
 
 def anatomy_ok(label: np.ndarray) -> dict:
@@ -59,9 +59,8 @@ def sweep_volume(mask: MaskGenerator, asked: list[float], grid: list[tuple[float
                 label, record = mask.sample_with_record(v, guidance=w, steps=steps, seed=s, candidates=k)
                 rows.append({"guidance": w, "candidates": k, "asked_ml": v, "seed": s,
                              "got_ml": ventricle_volume_ml(label, mask.affine),
-                             "candidates_ml": record["candidates_ml"],
-                             "candidates_eligible": [c and w for c, w in zip(record["candidates_complete"],
-                                                                            record["candidates_whole"])],
+                             "candidates_ml": record["candidates_ml"], "redrawn": record["redrawn"],
+                             "fragmented": fragmented(label),
                              "seconds": time.perf_counter() - start, **anatomy_ok(label)})
                 refined, how = refine(label, mask.affine, v)
                 rows[-1].update(refined_ml=ventricle_volume_ml(refined, mask.affine),
@@ -135,6 +134,8 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
             "median_got_ml": {f"{a:g}": float(np.median(got[asked == a])) for a in sorted(set(asked.tolist()))},
             "main_classes_fraction": float(np.mean([r["main_classes"] for r in sel])),
             "one_component_fraction": float(np.mean([r["components"] == 1 for r in sel])),
+            "whole_ventricles_fraction": float(np.mean([not r["fragmented"] for r in sel])),
+            "redrawn_fraction": float(np.mean([r["redrawn"] > 0 for r in sel])),
             "seconds_median": float(np.median([r["seconds"] for r in sel])),
             "samples": len(sel),
             **_refined_summary(sel, asked),
