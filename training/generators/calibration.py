@@ -60,6 +60,8 @@ def sweep_volume(mask: MaskGenerator, asked: list[float], grid: list[tuple[float
                 rows.append({"guidance": w, "candidates": k, "asked_ml": v, "seed": s,
                              "got_ml": ventricle_volume_ml(label, mask.affine),
                              "candidates_ml": record["candidates_ml"], "redrawn": record["redrawn"],
+                             "candidates_eligible": [c and not f for c, f in zip(record["candidates_complete"],
+                                                                                record["candidates_fragmented"])],
                              "fragmented": fragmented(label),
                              "seconds": time.perf_counter() - start, **anatomy_ok(label)})
                 refined, how = refine(label, mask.affine, v)
