@@ -41,9 +41,14 @@ def ventricle_pieces(label_map: np.ndarray) -> tuple[int, float]:
     return n, float(sizes.max() / sizes.sum())
 
 
+def too_many_pieces(pieces: int) -> bool:
+    """The fragmentation rule on a count of ventricle pieces (`ventricle_pieces`): more than MAX_VENTRICLE_PIECES."""
+    return pieces > MAX_VENTRICLE_PIECES
+
+
 def fragmented(label_map: np.ndarray) -> bool:
     """Ventricles in more than MAX_VENTRICLE_PIECES pieces; no ventricles at all is not 'fragmented'."""
-    return ventricle_pieces(label_map)[0] > MAX_VENTRICLE_PIECES
+    return too_many_pieces(ventricle_pieces(label_map)[0])
 
 
 def tiv_ml(label_map: np.ndarray, affine: np.ndarray) -> float:

@@ -82,7 +82,7 @@ def run(args) -> None:
 def summarise(path) -> None:
     from scipy.stats import spearmanr
 
-    from VentricleSynthLib.volumes import MAX_VENTRICLE_PIECES
+    from VentricleSynthLib.volumes import too_many_pieces
 
     rows = [json.loads(line) for line in open(path) if line.strip()]
     asked = np.array([r["asked_ml"] for r in rows])
@@ -108,7 +108,7 @@ def summarise(path) -> None:
         split = sum(1 for x in recs if x["brain_pieces"] > 1)
         more = sum(1 for x, y in zip(recs, raw) if x["ventricle_pieces"] > y["ventricle_pieces"])
         split_raw = sum(1 for r in rows if r.get(f"{which}_raw_fragmented"))
-        split_refined = sum(1 for x in recs if x["ventricle_pieces"] > MAX_VENTRICLE_PIECES)
+        split_refined = sum(1 for x in recs if too_many_pieces(x["ventricle_pieces"]))
         print(f"| {which} | {np.median(mx):.2f} / {np.percentile(mx, 95):.2f} / {mx.max():.2f} | "
               f"{np.median(mean):.3f} | {sum(1 for x in recs if x['warnings'])} | {lost} | {split} | {more} | "
               f"{split_raw} / {split_refined} | "

@@ -21,7 +21,7 @@ import numpy as np
 from VentricleSynthLib.io.nifti import Volume
 from VentricleSynthLib.labels import VENTRICLE_LABELS
 from VentricleSynthLib.metrics import dice
-from VentricleSynthLib.volumes import MAX_VENTRICLE_PIECES, ventricle_pieces, ventricle_volume_ml
+from VentricleSynthLib.volumes import too_many_pieces, ventricle_pieces, ventricle_volume_ml
 
 VOLUME_TOLERANCE_ML = 5.0  # flag `volume_off` when |got - asked| exceeds both this ...
 VOLUME_TOLERANCE_REL = 0.2  # ... and this fraction of the asked volume
@@ -83,7 +83,7 @@ def flags(record: dict, min_dice: float | None = None) -> list[str]:
         out.append("volume_off")
     if record["components"] == 0:
         out.append("no_ventricles")
-    elif record["components"] > MAX_VENTRICLE_PIECES:  # volumes.fragmented, from the stored count
+    elif too_many_pieces(record["components"]):
         out.append("fragmented")
     d = record.get("qc_dice")  # None: not measured (no segmenter bundle); the report says so, no flag
     if d is not None and d < (DEFAULT_MIN_DICE if min_dice is None else min_dice):

@@ -219,7 +219,8 @@ class MaskGenerator(_LatentDiffusion):
         best = min(range(len(drawn)), key=ranks.__getitem__)
         return drawn[best].label, {"chosen": best, "candidates_ml": [round(d.volume_ml, 3) for d in drawn],
                                    "candidates_complete": [d.complete for d in drawn],
-                                   "candidates_fragmented": [d.fragmented for d in drawn]}
+                                   "candidates_fragmented": [d.fragmented for d in drawn],
+                                   "candidates_eligible": [d.eligible for d in drawn]}
 
 
 class ImageGenerator(_LatentDiffusion):

@@ -23,7 +23,7 @@ from VentricleSynthLib.io.atomic import write_text
 from VentricleSynthLib.io.figures import png_figure
 from VentricleSynthLib.labels import CORTEX_LABELS, MAIN_CLASSES, VENTRICLE_LABELS, WHITE_MATTER_LABELS
 from VentricleSynthLib.morphology import connected_components
-from VentricleSynthLib.volumes import fragmented, ventricle_volume_ml
+from VentricleSynthLib.volumes import ventricle_volume_ml
 
 
 def anatomy_ok(label: np.ndarray) -> dict:
@@ -60,9 +60,8 @@ def sweep_volume(mask: MaskGenerator, asked: list[float], grid: list[tuple[float
                 rows.append({"guidance": w, "candidates": k, "asked_ml": v, "seed": s,
                              "got_ml": ventricle_volume_ml(label, mask.affine),
                              "candidates_ml": record["candidates_ml"], "redrawn": record["redrawn"],
-                             "candidates_eligible": [c and not f for c, f in zip(record["candidates_complete"],
-                                                                                record["candidates_fragmented"])],
-                             "fragmented": fragmented(label),
+                             "candidates_eligible": record["candidates_eligible"],
+                             "fragmented": record["candidates_fragmented"][record["chosen"]],
                              "seconds": time.perf_counter() - start, **anatomy_ok(label)})
                 refined, how = refine(label, mask.affine, v)
                 rows[-1].update(refined_ml=ventricle_volume_ml(refined, mask.affine),
