@@ -46,6 +46,11 @@ def _intensity_groups() -> np.ndarray:
 GROUPS = _intensity_groups()
 CSF_INDEX = TRAINING_LABELS.index(CSF_LABEL)
 HEAD_LAYERS = 2  # the non-brain head (scalp, skull, eyes...) painted as two intensity layers of the real image
+# Share of paintings in which fluid is brighter than every tissue, as in T2- and PD-weighted images. Uniform
+# means alone made that ordering rare (about 1 in 6 paintings, those whose fluid mean happened to be the highest),
+# and a fine-tune on them still took bright sulcal CSF beside small ventricles for ventricle (session 11: T2 Dice
+# 0.70). Dark fluid needs no such share: 1 - probability of the samples are the real T1 images.
+BRIGHT_FLUID = 0.35
 
 
 class RandomAppearance:
@@ -89,6 +94,10 @@ class RandomAppearance:
         rng = self.rng
         n_groups = int(GROUPS.max()) + 1
         group_mean = rng.uniform(0.0, 1.0, n_groups)
+        if rng.random() < BRIGHT_FLUID:
+            top = rng.uniform(0.4, 0.85)
+            group_mean = group_mean * top
+            group_mean[1] = rng.uniform(top + 0.05, 1.0)
         mean = group_mean[GROUPS] + rng.normal(0.0, 0.03, len(GROUPS))  # homologues alike, not identical
         if rng.random() < 0.7:  # sulcal CSF reads like the ventricles in most contrasts
             mean[CSF_INDEX] = group_mean[1] + rng.normal(0.0, 0.03)

@@ -15,7 +15,8 @@ import pytest
 import torch
 from testing_helpers import run_train, tiny_segmenter_config
 
-from training.segmenter.appearance import FIRST_TISSUE, TRAINING_LABELS, RandomAppearance, training_labels
+from training.segmenter.appearance import (
+    BRIGHT_FLUID, FIRST_TISSUE, TRAINING_LABELS, RandomAppearance, training_labels)
 from VentricleSynthLib.labels import CSF_LABEL
 from VentricleSynthLib.segmentation.decision import SEGMENTER_LABELS
 
@@ -68,6 +69,21 @@ def test_painted_images_are_normalised_random_contrasts_with_csf_like_ventricles
     signs = {np.sign(im[wm].mean() - im[vent].mean()) for im in images}
     assert signs == {-1.0, 1.0}
     assert np.median(ventricle_spread) < 0.5  # left and right ventricles read alike (both CSF)
+
+
+def test_fluid_is_brightest_in_a_share_of_paintings_as_in_t2_weighted_images():
+    """Uniform means alone make the ventricles brighter than white matter and cortex in a third of paintings;
+    BRIGHT_FLUID adds its share on top (about 0.35 + 0.65 / 3 = 0.57)."""
+    labels, image = _phantom()
+    transform = RandomAppearance(1.0, seed=1)
+    vent = (labels >= 1) & (labels < FIRST_TISSUE)
+    tissues = [np.isin(labels, [TRAINING_LABELS.index(a), TRAINING_LABELS.index(b)]) for a, b in ((2, 41), (3, 42))]
+    draws = 120
+    brightest = 0
+    for _ in range(draws):
+        painted = transform.paint(labels, image)
+        brightest += all(painted[vent].mean() > painted[t].mean() for t in tissues)
+    assert BRIGHT_FLUID >= 0.3 and brightest / draws > 0.47
 
 
 def test_probability_zero_keeps_the_real_image_and_still_clears_the_tissue_labels():
