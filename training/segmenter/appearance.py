@@ -28,15 +28,18 @@ def training_labels(label_map: np.ndarray) -> np.ndarray:
     return to_segmenter_indices(label_map, TRAINING_LABELS)
 
 
+VENTRICLE_GROUP = 1  # the intensity group of every ventricle label (CSF in every contrast)
+
+
 def _intensity_groups() -> np.ndarray:
     """Group id per training index: left/right homologues share one (their names differ only in the side);
-    the ventricles share group 1 (CSF in every contrast); background is group 0."""
+    the ventricles share VENTRICLE_GROUP; background is group 0."""
     groups, names = np.zeros(len(TRAINING_LABELS), dtype=np.int64), {}
     for i, lab in enumerate(TRAINING_LABELS):
         if lab == 0:
             continue
         if 1 <= i < FIRST_TISSUE:
-            groups[i] = 1
+            groups[i] = VENTRICLE_GROUP
             continue
         key = label_name(lab).replace("Left-", "").replace("Right-", "")
         groups[i] = names.setdefault(key, len(names) + 2)
@@ -97,10 +100,10 @@ class RandomAppearance:
         if rng.random() < BRIGHT_FLUID:
             top = rng.uniform(0.4, 0.85)
             group_mean = group_mean * top
-            group_mean[1] = rng.uniform(top + 0.05, 1.0)
+            group_mean[VENTRICLE_GROUP] = rng.uniform(top + 0.05, 1.0)
         mean = group_mean[GROUPS] + rng.normal(0.0, 0.03, len(GROUPS))  # homologues alike, not identical
         if rng.random() < 0.7:  # sulcal CSF reads like the ventricles in most contrasts
-            mean[CSF_INDEX] = group_mean[1] + rng.normal(0.0, 0.03)
+            mean[CSF_INDEX] = group_mean[VENTRICLE_GROUP] + rng.normal(0.0, 0.03)
         std = rng.uniform(0.0, 0.06, len(GROUPS))
         head_mean, head_std = rng.uniform(0.0, 1.0, HEAD_LAYERS), rng.uniform(0.0, 0.08, HEAD_LAYERS)
         background = 0.0 if rng.random() < 0.6 else rng.uniform(0.0, 0.3)
