@@ -17,7 +17,7 @@ ver() { "$py" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 # the carry limit beside the 32.7 MiB working tree; gpu_check.py has nnU-Net read NIfTI with NibabelIO and lets
 # nnU-Net's module-level `import SimpleITK` find benchmarks/standins/SimpleITK) and imagecodecs (26 MB; tifffile
 # imports it only if present, and nothing here reads TIFF)
-names=(monai nibabel nnunetv2 acvl_utils batchgenerators batchgeneratorsv2 blosc2 ndindex numexpr
+names=(monai nibabel nnunetv2 acvl_utils batchgenerators batchgeneratorsv2 blosc2 ndindex
        dynamic_network_architectures connected-components-3d yacs graphviz
        pydantic pydantic_core annotated-types typing-inspection)
 specs=()

@@ -165,7 +165,8 @@ TARGETS = ("labels", "union+labels")
 # nnU-Net's own choice, SimpleITKIO. NibabelIO gives the same arrays in the same (z, y, x) order and spacing and
 # needs no SimpleITK at run time (benchmarks/gpu_check.py: the device machine has no room for SimpleITK).
 READER_WRITERS = ("SimpleITKIO", "NibabelIO")
-_SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "checkpoint_every", "initial_lr")
+_SCHEDULE_KEYS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "checkpoint_every", "initial_lr",
+                  "max_seconds")
 _NETWORK_KEYS = ("base_features", "max_features", "max_stages", "convs_per_stage")
 _SEGMENTER_DEFAULTS = {
     "network": {"base_features": 16, "max_features": 128, "max_stages": 5, "convs_per_stage": 2},
@@ -221,6 +222,7 @@ class SegmenterConfig:
         for key in _SCHEDULE_KEYS[:4]:
             trainer.integer(key, minimum=1)
         trainer.number("initial_lr", None, low=0, optional=True)
+        trainer.number("max_seconds", None, low=1, optional=True)  # training.segmenter.trainer.TimeBoxedPolyLR
         return cls(
             datasets=s.names("datasets", ["natural"]), dataset_id=s.integer("dataset_id", 501, minimum=0),
             plan=s.choice("plan", "slim", ("slim", "default")), targets=s.choice("targets", "labels", TARGETS),

@@ -36,6 +36,19 @@ def test_every_committed_profile_reads_into_every_section(name):
     assert experiment.arms == ["real", "augmented", "synthetic"] and experiment.holdout == "enlarged"
 
 
+def test_the_gpu_fine_tune_of_the_bundled_segmenter_trains_on_the_cpu_profiles_cohort():
+    """cpu-segmenter-gpu.yaml fine-tunes the bundled (cpu) segmenter: the same grid and template cohort (only the
+    worker count differs), the bundle's plan, a time box and random appearance."""
+    cpu, gpu = load_config("cpu"), load_config("cpu-segmenter-gpu")
+    assert gpu.profile == cpu.profile
+    same = {k: v for k, v in cpu.section("data").items() if k != "workers"}
+    assert {k: v for k, v in gpu.section("data").items() if k != "workers"} == same
+    tuned, bundled = SegmenterConfig.from_config(gpu), SegmenterConfig.from_config(cpu)
+    for key in ("datasets", "plan", "targets", "patch_size", "batch_size", "network", "dataset_id"):
+        assert getattr(tuned, key) == getattr(bundled, key), key
+    assert tuned.initial_weights == "bundled" and tuned.trainer["max_seconds"] > 0 and 0 < tuned.appearance < 1
+
+
 def test_defaults_of_an_empty_config():
     config = _config()
     assert DataConfig.from_config(config).workers == 1

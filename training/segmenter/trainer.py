@@ -26,7 +26,36 @@ NNUNET_DEFAULT_SCHEDULE = {"epochs": 1000, "iterations_per_epoch": 250, "val_ite
 
 
 def is_default_schedule(schedule: dict) -> bool:
-    return all(int(schedule[k]) == v for k, v in NNUNET_DEFAULT_SCHEDULE.items()) and "initial_lr" not in schedule
+    return (all(int(schedule[k]) == v for k, v in NNUNET_DEFAULT_SCHEDULE.items())
+            and not {"initial_lr", "max_seconds"} & set(schedule))
+
+
+class TimeBoxedPolyLR:
+    """nnU-Net's poly decay (exponent 0.9) over a time budget instead of a number of epochs:
+    lr = initial_lr * (1 - elapsed / seconds) ** 0.9, the clock starting at the first epoch. Why: a lent GPU comes
+    for minutes, at a speed (augmentation workers, GPU) nobody measured before; a time box anneals the learning
+    rate fully whatever the speed, where an epoch count guessed too high would stop mid-schedule."""
+
+    EXPONENT = 0.9  # nnU-Net's PolyLRScheduler
+
+    def __init__(self, optimizer, initial_lr: float, seconds: float):
+        self.optimizer, self.initial_lr, self.seconds = optimizer, float(initial_lr), float(seconds)
+        self.started: float | None = None
+
+    def elapsed(self) -> float:
+        return 0.0 if self.started is None else time.monotonic() - self.started
+
+    def step(self, current_step=None) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
+        fraction = min(self.elapsed() / self.seconds, 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.initial_lr * (1.0 - fraction) ** self.EXPONENT
+
+
+class TimeBoxReached(Exception):
+    """Raised at an epoch's end when a time-boxed schedule has no time left for another epoch like the last ones;
+    `train` then ends the training as nnU-Net does after its last epoch (checkpoint_final)."""
 
 
 def trainer_class(schedule: dict, appearance: float | None = None, percentiles: tuple = Profile.percentiles):
@@ -66,7 +95,8 @@ def _scheduled(schedule: dict):
         nnUNetTrainerNoMirroring)
 
     class VentricleSynthTrainer(nnUNetTrainerNoMirroring):
-        """nnUNetTrainerNoMirroring with epochs, iterations, checkpoint interval (and lr) from the config."""
+        """nnUNetTrainerNoMirroring with epochs, iterations, checkpoint interval (and lr) from the config; with
+        `max_seconds` the learning rate decays over that time (TimeBoxedPolyLR) and `epochs` is only a cap."""
 
         SCHEDULE = dict(schedule)
 
@@ -80,6 +110,29 @@ def _scheduled(schedule: dict):
             self.save_every = int(s.get("checkpoint_every", 1))
             if "initial_lr" in s:
                 self.initial_lr = float(s["initial_lr"])
+            self.max_seconds = float(s["max_seconds"]) if "max_seconds" in s else None
+            self.first_epoch = None
+
+        def configure_optimizers(self):
+            optimizer, scheduler = super().configure_optimizers()
+            if self.max_seconds is not None:
+                scheduler = TimeBoxedPolyLR(optimizer, self.initial_lr, self.max_seconds)
+            return optimizer, scheduler
+
+        def on_train_start(self):
+            super().on_train_start()
+            self.first_epoch = self.current_epoch
+
+        def on_epoch_end(self):
+            super().on_epoch_end()  # current_epoch now counts the epochs done
+            if self.max_seconds is None:
+                return
+            elapsed = self.lr_scheduler.elapsed()
+            per_epoch = elapsed / max(1, self.current_epoch - self.first_epoch)
+            if self.current_epoch < self.num_epochs and elapsed + per_epoch > self.max_seconds:
+                self.print_to_log_file(f"time box: {elapsed:.0f} of {self.max_seconds:.0f} s used at "
+                                       f"{per_epoch:.1f} s per epoch: training ends after {self.current_epoch} epochs")
+                raise TimeBoxReached
 
     return VentricleSynthTrainer
 
@@ -159,6 +212,9 @@ def train(dataset_id: int, settings: SegmenterConfig, profile: Profile, resume: 
     if existing and not resume:
         raise TrainingError(f"{fold_dir} already holds nnU-Net checkpoints ({', '.join(p.name for p in existing)}): "
                             f"pass --resume to continue, or use another --work folder")
+    if resume and "max_seconds" in settings.trainer:
+        raise ConfigError("segmenter.trainer.max_seconds: a time-boxed training cannot be resumed (its learning "
+                          "rate follows its own clock); train anew in another --work folder")
     start = time.time()
     final = fold_dir / "checkpoint_final.pth"
     if resume and final.is_file():
@@ -197,7 +253,10 @@ def train(dataset_id: int, settings: SegmenterConfig, profile: Profile, resume: 
         _load_initial_weights(trainer, settings.initial_weights, progress)
     if torch.cuda.is_available() and device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    trainer.run_training()
+    try:
+        trainer.run_training()
+    except TimeBoxReached:
+        trainer.on_train_end()
     if settings.final_validation:
         trainer.perform_actual_validation()
     return base, time.time() - start

@@ -110,6 +110,37 @@ def test_resume_with_more_epochs_continues_the_finished_training(tiny_segmenter,
     assert f"then continued to {before['current_epoch'] + 1} with --resume" in card
 
 
+def test_time_boxed_training_anneals_its_learning_rate_and_ends_within_its_seconds(tiny_segmenter, tmp_path):
+    """`max_seconds`: the learning rate decays with the clock (nnU-Net's poly shape), the training ends with
+    nnU-Net's own checkpoint_final when another epoch would not fit, well before the `epochs` cap, and the bundle
+    is exported; such a run refuses --resume (its clock would restart)."""
+    import torch
+
+    from training.segmenter.trainer import trained_epochs
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_segmenter["work"], work, ignore=shutil.ignore_patterns("bundles", "results"))
+    config = yaml.safe_load(Path(tiny_segmenter["config"]).read_text())
+    cap, seconds = 1000, 8
+    config["segmenter"]["trainer"].update(epochs=cap, max_seconds=seconds, initial_lr=0.01)
+    config_file = work / "boxed.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    done = run_train("segmenter", "--config", config_file, "--work", work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = next((work / "nnunet" / "results").glob("Dataset*/*/fold_0/checkpoint_final.pth"))
+    epochs = trained_epochs(final)
+    log = torch.load(final, map_location="cpu", weights_only=False)["logging"]
+    starts, ends = log["epoch_start_timestamps"], log["epoch_end_timestamps"]
+    assert 1 <= epochs < cap and len(ends) == epochs
+    assert ends[-1] - starts[0] <= seconds + (ends[-1] - starts[0]) / epochs  # at most one epoch's overshoot
+    lrs = log["lrs"]
+    assert lrs[0] == pytest.approx(0.01, rel=0.05) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    bundles.verify(work / "bundles" / "segmenter")
+    again = run_train("segmenter", "--config", config_file, "--work", work, "--resume")
+    lines = again.stderr.strip().splitlines()
+    assert again.returncode == 2 and len(lines) == 1 and "max_seconds" in lines[0]
+
+
 def test_trainer_class_follows_the_config():
     from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
         nnUNetTrainerNoMirroring,
