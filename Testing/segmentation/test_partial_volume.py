@@ -99,3 +99,9 @@ def test_anisotropic_voxels_count_their_own_volume():
     pv = partial_volume.estimate(image, label > 0, affine)
     soft, _ = partial_volume.soft_volumes_ml(label, pv, affine, (4,))
     assert soft == pytest.approx(float(fraction.sum()) * 2 / 1000, rel=0.02)
+
+
+def test_the_tissue_shell_lies_beyond_the_rim():
+    """A rim voxel is compared with tissue, never with another rim voxel: the shell starts outside the rim."""
+    assert partial_volume.SHELL_VOXELS[0] > partial_volume.RIM_VOXELS >= 1
+    assert partial_volume.SHELL_VOXELS[1] >= partial_volume.SHELL_VOXELS[0]
