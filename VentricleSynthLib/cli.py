@@ -203,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_cmd_generate)
 
-    p = sub.add_parser("segment", help="segment the ventricles of a T1 MRI; print the volumes as one JSON line")
-    p.add_argument("image", help="T1-weighted MRI (.nii/.nii.gz), any orientation and spacing, with or without skull")
+    p = sub.add_parser("segment", help="segment the ventricles of a brain MRI; print the volumes as one JSON line")
+    p.add_argument("image", help="brain MRI (.nii/.nii.gz; T1, FLAIR, T2 or PD-weighted), any orientation and "
+                                 "spacing, with or without skull")
     p.add_argument("--out", required=True, help="output label map (.nii.gz) on the input's own grid")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--tta", action="store_true", help="test-time mirroring (slower; off by default)")

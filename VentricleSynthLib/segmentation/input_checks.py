@@ -59,19 +59,13 @@ def check_input(volume: Volume, allow_thick_slices: bool = False) -> list[str]:
     return warnings
 
 
-def output_checks(image: np.ndarray, label_profile: np.ndarray, fg_mask: np.ndarray, total_ml: float,
-                  t1_only: bool = True) -> list[str]:
-    """Warnings about a result. `t1_only`: the bundle was trained on T1 images alone (no random appearance), so
-    an image whose ventricles are brighter than the brain around them is outside what it was trained on."""
+def output_checks(label_profile: np.ndarray, total_ml: float) -> list[str]:
+    """Warnings about a result on the profile grid (how clearly the image shows the ventricles: `contrast`)."""
     warnings = []
     vent = label_profile > 0
     if not vent.any():
-        warnings.append(f"no ventricles found: is this a {'T1-weighted ' if t1_only else ''}brain MRI?")
+        warnings.append("no ventricles found: is this a brain MRI?")
         return warnings
-    brain = fg_mask & ~vent
-    if t1_only and brain.any() and float(image[vent].mean()) > float(np.median(image[brain])):
-        warnings.append("the segmented ventricles are brighter than the surrounding tissue: the image does not look "
-                        "T1-weighted (T2/FLAIR/CT?); the volume is unreliable")
     border = np.zeros_like(vent)
     border[[0, -1], :, :] = border[:, [0, -1], :] = border[:, :, [0, -1]] = True
     if (vent & border).any():

@@ -2,7 +2,8 @@
 
 Path of one image (`Segmenter.segment`): sanity checks (`input_checks`: CT-like values, label maps, thick
 slices, small field of view) -> `imaging.profile.to_profile` (image only: RAS, the bundle's spacing and shape,
-[0, 1]) -> nnU-Net's `nnUNetPredictor.predict_single_npy_array` (no test-time mirroring unless asked) ->
+[0, 1]) -> nnU-Net's `nnUNetPredictor.predict_single_npy_array` (no test-time mirroring unless asked; a dark-CSF
+model also reads the image with mirrored intensities and keeps the clearer reading: `contrast`, T2/PD) ->
 probabilities brought back with `imaging.profile.to_input_grid` (linear, inside the ventricles' box) -> the
 decision rule (`decision`) -> FreeSurfer label numbers on the input's own grid (`files` writes them).
 
@@ -36,7 +37,7 @@ from VentricleSynthLib.imaging.profile import Profile, to_input_grid, to_profile
 from VentricleSynthLib.io.nifti import Volume
 from VentricleSynthLib.labels import VENTRICLE_LABELS, label_name
 from VentricleSynthLib.progress import ProgressCallback
-from VentricleSynthLib.segmentation import partial_volume
+from VentricleSynthLib.segmentation import contrast, partial_volume
 from VentricleSynthLib.segmentation.decision import (
     MIN_THRESHOLD,
     from_segmenter_indices,
@@ -171,6 +172,26 @@ class Segmenter:
         return np.ascontiguousarray(np.asarray(probabilities, dtype=np.float32).transpose(0, 3, 2, 1))
 
     # --- any input ---------------------------------------------------------------------------------
+    def _read(self, image: np.ndarray, warnings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(network outputs, labels) for a profile-grid image. A dark-CSF model (trained on T1 alone)
+        also reads the image with mirrored intensities and keeps the reading whose ventricles show the clearer dark
+        edge (`contrast`: T2/PD-like images); it warns when even that edge is unclear."""
+        probabilities = self.predict_probabilities(image)
+        labels = labels_from_outputs(probabilities, self.union_head, self.label_table, self.threshold)
+        if not self.t1_only:
+            return probabilities, labels
+        edge = contrast.dark_csf_edge(image, labels > 0)
+        view = contrast.mirrored(image, self.profile.percentiles)
+        view_probabilities = self.predict_probabilities(view)
+        view_labels = labels_from_outputs(view_probabilities, self.union_head, self.label_table, self.threshold)
+        view_edge = contrast.dark_csf_edge(view, view_labels > 0)
+        if view_edge > edge:
+            probabilities, labels, edge = view_probabilities, view_labels, view_edge
+            warnings.append(contrast.MIRRORED_NOTE)
+        if labels.any() and edge < contrast.CLEAR_EDGE:
+            warnings.append(contrast.UNCLEAR_NOTE)
+        return probabilities, labels
+
     def segment(self, volume: Volume, allow_thick_slices: bool = False,
                 progress: ProgressCallback | None = None) -> tuple[Volume, dict]:
         """Label map (FreeSurfer ventricle labels) on `volume`'s own grid, and the JSON-ready report."""
@@ -187,9 +208,8 @@ class Segmenter:
                             "(left/right labels): not applied")
         pre = to_profile(self.profile, image=volume)
         report(1)
-        probabilities = self.predict_probabilities(pre.image)
+        probabilities, label_profile = self._read(pre.image, warnings)
         report(2)
-        label_profile = labels_from_outputs(probabilities, self.union_head, self.label_table, self.threshold)
         label = self.to_input(probabilities, pre.grid, pre.source)
         # the boundary (the bundle's: the network's, or the half-voxel convention) and the soft volumes
         label, pv, soft, soft_per_label = partial_volume.apply(volume.array, label, volume.affine,
@@ -197,7 +217,7 @@ class Segmenter:
         report(3)
         per_label = label_volumes_ml(label, volume.affine)
         total = float(np.count_nonzero(label)) * voxel_volume_ml(volume.affine)
-        warnings += output_checks(pre.image, label_profile, pre.image > 0.05, total, self.t1_only)
+        warnings += output_checks(label_profile, total)
         if not pv.usable and total > 0:
             warnings.append(f"no partial-volume estimate ({pv.note}): the network's boundary is kept")
         result = {
