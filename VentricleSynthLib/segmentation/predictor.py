@@ -174,13 +174,16 @@ class Segmenter:
     # --- any input ---------------------------------------------------------------------------------
     def _read(self, image: np.ndarray, warnings: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(network outputs, labels) for a profile-grid image. A dark-CSF model (trained on T1 alone)
-        also reads the image with mirrored intensities and keeps the reading whose ventricles show the clearer dark
-        edge (`contrast`: T2/PD-like images); it warns when even that edge is unclear."""
+        also reads the image with mirrored intensities, unless the reading as given is already sure, and keeps the
+        reading whose ventricles show the clearer dark edge (`contrast`: T2/PD-like images); it warns when even that
+        edge is unclear."""
         probabilities = self.predict_probabilities(image)
         labels = labels_from_outputs(probabilities, self.union_head, self.label_table, self.threshold)
         if not self.t1_only:
             return probabilities, labels
         edge = contrast.dark_csf_edge(image, labels > 0)
+        if edge >= contrast.SURE_EDGE:
+            return probabilities, labels
         view = contrast.mirrored(image, self.profile.percentiles)
         view_probabilities = self.predict_probabilities(view)
         view_labels = labels_from_outputs(view_probabilities, self.union_head, self.label_table, self.threshold)
