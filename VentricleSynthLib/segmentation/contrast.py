@@ -21,6 +21,7 @@ FOREGROUND = 0.05  # profile-grid intensities ([0, 1]) above this are head, not 
 EDGE_VOXELS = 2  # the tissue just around the ventricles: this many voxels outside them
 
 CLEAR_EDGE = 0.4  # below this the chosen reading's edge is no clearer than a wrong reading's (module notes)
+READING_THRESHOLD = 0.5  # the ventricles whose edge judges a reading (any bundle's decision threshold aside)
 SURE_EDGE = 0.5  # a reading as given this clear is kept without the mirrored view (wrong ones as given: <= 0.24)
 
 MIRRORED_NOTE = ("CSF reads bright in this image (T2/PD-like): segmented on its head's intensities mirrored (the "

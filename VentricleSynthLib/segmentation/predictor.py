@@ -172,28 +172,31 @@ class Segmenter:
         return np.ascontiguousarray(np.asarray(probabilities, dtype=np.float32).transpose(0, 3, 2, 1))
 
     # --- any input ---------------------------------------------------------------------------------
-    def _read(self, image: np.ndarray, warnings: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(network outputs, labels) for a profile-grid image. A dark-CSF model (trained on T1 alone)
+    def read(self, image: np.ndarray, warnings: list[str] | None = None) -> np.ndarray:
+        """Network outputs for a profile-grid image, as `segment` reads it. A dark-CSF model (trained on T1 alone)
         also reads the image with mirrored intensities, unless the reading as given is already sure, and keeps the
-        reading whose ventricles show the clearer dark edge (`contrast`: T2/PD-like images); it warns when even that
-        edge is unclear."""
+        reading whose ventricles show the clearer dark edge (`contrast`: T2/PD-like images; the ventricles judged at
+        contrast.READING_THRESHOLD, so the choice does not depend on the decision threshold); `warnings` gets a
+        note when the mirrored view is used or even the chosen edge is unclear."""
+        warnings = [] if warnings is None else warnings
         probabilities = self.predict_probabilities(image)
-        labels = labels_from_outputs(probabilities, self.union_head, self.label_table, self.threshold)
         if not self.t1_only:
-            return probabilities, labels
-        edge = contrast.dark_csf_edge(image, labels > 0)
+            return probabilities
+        edge = contrast.dark_csf_edge(image, self._found(probabilities))
         if edge >= contrast.SURE_EDGE:
-            return probabilities, labels
+            return probabilities
         view = contrast.mirrored(image, self.profile.percentiles)
         view_probabilities = self.predict_probabilities(view)
-        view_labels = labels_from_outputs(view_probabilities, self.union_head, self.label_table, self.threshold)
-        view_edge = contrast.dark_csf_edge(view, view_labels > 0)
+        view_edge = contrast.dark_csf_edge(view, self._found(view_probabilities))
         if view_edge > edge:
-            probabilities, labels, edge = view_probabilities, view_labels, view_edge
+            probabilities, edge = view_probabilities, view_edge
             warnings.append(contrast.MIRRORED_NOTE)
-        if labels.any() and edge < contrast.CLEAR_EDGE:
+        if np.isfinite(edge) and edge < contrast.CLEAR_EDGE:
             warnings.append(contrast.UNCLEAR_NOTE)
-        return probabilities, labels
+        return probabilities
+
+    def _found(self, probabilities: np.ndarray) -> np.ndarray:
+        return labels_from_outputs(probabilities, self.union_head, self.label_table, contrast.READING_THRESHOLD) > 0
 
     def segment(self, volume: Volume, allow_thick_slices: bool = False,
                 progress: ProgressCallback | None = None) -> tuple[Volume, dict]:
@@ -211,7 +214,8 @@ class Segmenter:
                             "(left/right labels): not applied")
         pre = to_profile(self.profile, image=volume)
         report(1)
-        probabilities, label_profile = self._read(pre.image, warnings)
+        probabilities = self.read(pre.image, warnings)
+        label_profile = labels_from_outputs(probabilities, self.union_head, self.label_table, self.threshold)
         report(2)
         label = self.to_input(probabilities, pre.grid, pre.source)
         # the boundary (the bundle's: the network's, or the half-voxel convention) and the soft volumes

@@ -37,7 +37,7 @@ def choose_threshold(bundle: Path, cases: list[Case], device: str = "cpu") -> di
     for case in cases:
         image, label = case.load()
         pre = to_profile(segmenter.profile, image=image)
-        probabilities = segmenter.predict_probabilities(pre.image)
+        probabilities = segmenter.read(pre.image)  # as `segment` reads it (a mirrored view where that reads better)
         truth_ml = ventricle_volume_ml(label.array, image.affine)
         for t in THRESHOLDS:
             found = segmenter.to_input(probabilities, pre.grid, pre.source, t)
